@@ -1,0 +1,111 @@
+"""Connecting to NATS the same way in every process: NATS_URL, NATS_CREDS, NATS_TLS_CA."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+import structlog
+from nats.aio.client import Client
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = structlog.get_logger(__name__)
+
+Callback = Callable[[], Awaitable[None]]
+
+
+class NatsSettings(BaseSettings):
+    """How to reach NATS. `nats_url` is None only where NATS is optional (the API)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    nats_url: str | None = Field(default=None, validation_alias="NATS_URL")
+    nats_creds: Path | None = Field(default=None, validation_alias="NATS_CREDS")
+    nats_tls_ca: Path | None = Field(default=None, validation_alias="NATS_TLS_CA")
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5, validation_alias="NATS_STREAM_REPLICAS")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for url in value.split(","):
+            parts = urlsplit(url.strip())
+            if parts.scheme not in {"nats", "tls", "ws", "wss"} or not parts.hostname:
+                raise ValueError("must look like nats://host:4222 (schemes nats, tls, ws, wss)")
+        return value.strip()
+
+    @field_validator("nats_creds", "nats_tls_ca")
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @property
+    def servers(self) -> list[str]:
+        return [url.strip() for url in (self.nats_url or "").split(",")]
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def connect(
+    settings: NatsSettings,
+    *,
+    name: str,
+    on_disconnected: Callback | None = None,
+    on_reconnected: Callback | None = None,
+    connect_timeout: float = 2.0,
+    allow_reconnect: bool = True,
+    max_reconnect_attempts: int = -1,
+) -> Client:
+    """Connect with reconnects forever; every state change is logged."""
+
+    async def disconnected() -> None:
+        log.warning("nats.disconnected")
+        if on_disconnected is not None:
+            await on_disconnected()
+
+    async def reconnected() -> None:
+        log.info("nats.reconnected", server=redact_url(str(nc.connected_url.geturl())) if nc.connected_url else None)
+        if on_reconnected is not None:
+            await on_reconnected()
+
+    async def error(exc: Exception) -> None:
+        log.warning("nats.error", error=str(exc) or type(exc).__name__)
+
+    async def closed() -> None:
+        log.info("nats.closed")
+
+    options: dict[str, Any] = {}
+    if settings.nats_creds is not None:
+        options["user_credentials"] = str(settings.nats_creds)
+    if settings.nats_tls_ca is not None:
+        options["tls"] = ssl.create_default_context(cafile=str(settings.nats_tls_ca))
+    nc = await nats.connect(
+        servers=settings.servers,
+        name=name,
+        connect_timeout=connect_timeout,
+        allow_reconnect=allow_reconnect,
+        max_reconnect_attempts=max_reconnect_attempts,
+        reconnect_time_wait=0.5,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+        closed_cb=closed,
+        **options,
+    )
+    log.info("nats.connected", servers=[redact_url(url) for url in settings.servers], name=name)
+    return nc

@@ -1,0 +1,91 @@
+"""structlog set up once per process: JSON (or console) lines, secrets redacted everywhere."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+LogFormat = Literal["json", "console"]
+
+_secrets: set[str] = set()
+REDACTED = "[REDACTED]"
+
+
+def register_secret(secret: str) -> None:
+    """Never let `secret` reach a log line, from structlog or from any stdlib logger (httpx...)."""
+    if secret:
+        _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_event(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if not _secrets:
+        return event_dict
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+        elif value is not None and not isinstance(value, int | float | bool):
+            redacted = redact(repr(value) if not isinstance(value, BaseException) else str(value))
+            if any(secret in repr(value) for secret in _secrets):
+                event_dict[key] = redacted
+    return event_dict
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _secrets:
+            record.msg = redact(record.getMessage())
+            record.args = None
+        return True
+
+
+def default_format() -> LogFormat:
+    return "console" if sys.stderr.isatty() else "json"
+
+
+def configure_logging(level: str = "info", fmt: LogFormat | None = None) -> None:
+    """Route structlog and stdlib logging to stderr as one JSON object per line."""
+    fmt = fmt or default_format()
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_event,
+    ]
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)))
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactingFilter())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact_event, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # httpx logs every request URL at INFO, and Telegram URLs hold the bot token
+    for noisy in ("httpx", "httpcore", "telegram", "aiosqlite", "asyncio", "tortoise"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))

@@ -1,0 +1,48 @@
+"""Names on the wire: the subjects events travel on and the JetStream objects that hold them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+STREAM = "TODOS"
+SUBJECT_PREFIX = "todos"
+SUBJECTS = f"{SUBJECT_PREFIX}.*"
+CONSUMER = "todos_broadcasters"
+# core-NATS queue group of NOTIFIER_MODE=core: the course's at-most-once delivery
+QUEUE_GROUP = CONSUMER
+
+DLQ_STREAM = "TODOS_DLQ"
+_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER"
+MAX_DELIVERIES_ADVISORY = f"{_ADVISORY}.MAX_DELIVERIES.{STREAM}.{CONSUMER}"
+TERMINATED_ADVISORY = f"{_ADVISORY}.MSG_TERMINATED.{STREAM}.{CONSUMER}"
+
+# KV bucket where notifiers record the events Telegram confirmed, keyed by event id
+SENT_BUCKET = "todos_sent"
+# KV bucket for state every notifier replica shares (migrated chat id, rate-limit pauses)
+STATE_BUCKET = "todos_notifier"
+
+# headers
+MSG_ID_HEADER = "Nats-Msg-Id"
+# set on a replayed dead letter: the id of the original event (its Nats-Msg-Id is new)
+EVENT_ID_HEADER = "Todos-Event-Id"
+REPLAY_OF_HEADER = "Todos-Replay-Of"
+
+
+class Change(StrEnum):
+    """What happened to a todo; the last token of the subject."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+    @property
+    def subject(self) -> str:
+        return f"{SUBJECT_PREFIX}.{self.value}"
+
+    @classmethod
+    def from_subject(cls, subject: str) -> Change:
+        """`todos.created` -> Change.CREATED; ValueError for any other subject."""
+        prefix, _, change = subject.partition(".")
+        if prefix != SUBJECT_PREFIX:
+            raise ValueError(f"not a todo subject: {subject!r}")
+        return cls(change)
