@@ -61,7 +61,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def connect(
+async def connect(  # noqa: PLR0913 - keyword-only options of one call
     settings: NatsSettings,
     *,
     name: str,

@@ -66,7 +66,9 @@ def configure_logging(level: str = "info", fmt: LogFormat | None = None) -> None
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)))
+        shared.append(
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        )
     else:
         renderer = structlog.dev.ConsoleRenderer()
     structlog.configure(

@@ -77,10 +77,19 @@ def dlq_stream_config(replicas: int = 1) -> StreamConfig:
 
 def kv_configs(replicas: int = 1) -> list[KeyValueConfig]:
     return [
-        KeyValueConfig(bucket=subjects.SENT_BUCKET, ttl=SENT_TTL, history=1, replicas=replicas,
-                       description="Event ids Telegram confirmed, so a redelivery is not sent twice"),
-        KeyValueConfig(bucket=subjects.STATE_BUCKET, history=1, replicas=replicas,
-                       description="State every notifier shares: migrated chat ids, rate-limit pauses"),
+        KeyValueConfig(
+            bucket=subjects.SENT_BUCKET,
+            ttl=SENT_TTL,
+            history=1,
+            replicas=replicas,
+            description="Event ids Telegram confirmed, so a redelivery is not sent twice",
+        ),
+        KeyValueConfig(
+            bucket=subjects.STATE_BUCKET,
+            history=1,
+            replicas=replicas,
+            description="State every notifier shares: migrated chat ids, rate-limit pauses",
+        ),
     ]
 
 
@@ -107,8 +116,10 @@ def _differences(wanted: Any, current: Any) -> tuple[str, ...]:
             continue
         other = have.get(key)
         if isinstance(value, list) and isinstance(other, list):
-            other, value = sorted(map(str, other)), sorted(map(str, value))
-        if value != other:
+            same = sorted(map(str, other)) == sorted(map(str, value))
+        else:
+            same = value == other
+        if not same:
             changed.append(key)
     return tuple(changed)
 

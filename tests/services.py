@@ -66,7 +66,7 @@ class NatsServer:
         if self.jetstream:
             args += ["-js", "-sd", str(self.store_dir)]
         log = (self.store_dir / "nats-server.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_for_port(self.port)
         return self
@@ -122,7 +122,7 @@ class Postgres:
         return f"postgres://postgres@{LOCALHOST}:{self.port}/{database}"
 
     def _run(self, *args: str) -> None:
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             [str(self.bin / args[0]), *args[1:]],
             check=True,
             stdout=subprocess.DEVNULL,
@@ -148,7 +148,19 @@ class Postgres:
     def start(self) -> Self:
         self._init()
         options = f"-h {LOCALHOST} -p {self.port} -k {self.data_dir} -c fsync=off -c max_connections=200"
-        self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "-o", options, "-l", str(self.data_dir / "log"), "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "-l",
+            str(self.data_dir / "log"),
+            "start",
+        )
         wait_for_port(self.port)
         return self
 

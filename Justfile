@@ -1,0 +1,47 @@
+# todo-events: every change of a todo reaches an admin's Telegram chat.
+# `just --list` shows the recipes.
+
+set dotenv-load := false
+
+python := "python"
+
+# list the recipes
+default:
+    @just --list
+
+# install the package with everything needed to develop, test and run it locally
+install:
+    {{python}} -m pip install -e '.[dev]'
+
+# the whole system on this machine: nats-server (JetStream, ./var), SQLite, the API on :8080, two notifiers
+up:
+    mkdir -p var
+    NATS_URL=nats://127.0.0.1:4222 \
+    DATABASE_URL=${DATABASE_URL:-sqlite://var/todos.sqlite3} \
+    NOTIFIER_SINK=${NOTIFIER_SINK:-$( [ -n "${TELEGRAM_ACCESS_TOKEN:-}" ] && echo telegram || echo log )} \
+    LOG_FORMAT=${LOG_FORMAT:-console} \
+    honcho start -f Procfile
+
+# create or update the JetStream stream, consumer, dead-letter stream and KV buckets on NATS_URL
+bootstrap-streams:
+    {{python}} -m streams bootstrap
+
+# stream and consumer state: messages, pending, ack-pending, redelivered, dead letters
+status:
+    {{python}} -m streams status
+
+# ruff (lint + format check), mypy strict, hadolint
+lint:
+    ruff check .
+    ruff format --check .
+    mypy
+    hadolint Dockerfile
+
+# format the code
+fmt:
+    ruff format .
+    ruff check --fix .
+
+# the whole suite (lint included); starts its own nats-server and PostgreSQL
+test *ARGS: lint
+    {{python}} -m pytest -q -p no:cacheprovider {{ARGS}}
