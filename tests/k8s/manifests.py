@@ -1,0 +1,240 @@
+"""k8s/ as data: the kustomization rendered the way `kubectl apply -k k8s/` would, without kubectl.
+
+Only the kustomize fields k8s/kustomization.yaml uses are understood (resources, namespace,
+labels, images); `test_kustomization_uses_only_understood_fields` keeps it that way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic_settings import BaseSettings
+
+from streams.connection import NatsSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+KUSTOMIZATION = K8S / "kustomization.yaml"
+NATS_VALUES = K8S / "nats-values.yaml"
+SECRETS_EXAMPLE = K8S / "secrets.example.yaml"
+OPTIONAL = K8S / "optional"
+KEDA_SCALED_OBJECT = OPTIONAL / "keda-scaledobject.yaml"
+# files in k8s/ that are deliberately not kustomize resources (each says why in its header)
+NOT_RESOURCES = {KUSTOMIZATION, NATS_VALUES, SECRETS_EXAMPLE}
+UNDERSTOOD_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
+# the image built from ./Dockerfile, as the manifests name it before kustomize's `images:`
+APP_IMAGE = "todo-events"
+PACKAGES = ("web", "notifier", "streams")
+
+Doc = dict[str, Any]
+
+
+def load_yaml(path: Path) -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+@cache
+def kustomization() -> Doc:
+    return yaml.safe_load(KUSTOMIZATION.read_text(encoding="utf-8"))
+
+
+def _apply_images(doc: Doc, images: list[Doc]) -> None:
+    for container in pod_containers(doc):
+        for image in images:
+            if container["image"].split(":")[0] == image["name"]:
+                container["image"] = f"{image.get('newName', image['name'])}:{image.get('newTag', 'latest')}"
+
+
+@cache
+def _rendered() -> tuple[Doc, ...]:
+    spec = kustomization()
+    docs: list[Doc] = []
+    for resource in spec["resources"]:
+        for doc in load_yaml(K8S / resource):
+            rendered = copy.deepcopy(doc)
+            rendered["_source"] = resource
+            metadata = rendered.setdefault("metadata", {})
+            if rendered["kind"] != "Namespace":
+                metadata["namespace"] = spec["namespace"]
+            for label in spec.get("labels", []):
+                metadata.setdefault("labels", {}).update(label["pairs"])
+            _apply_images(rendered, spec.get("images", []))
+            docs.append(rendered)
+    return tuple(docs)
+
+
+def rendered() -> list[Doc]:
+    """Every object `kubectl apply -k k8s/` creates (a fresh copy; `_source` names its file)."""
+    return copy.deepcopy(list(_rendered()))
+
+
+def without_source(doc: Doc) -> Doc:
+    return {key: value for key, value in doc.items() if key != "_source"}
+
+
+def find(kind: str, name: str) -> Doc:
+    matches = [doc for doc in rendered() if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name} in the kustomization, found {len(matches)}"
+    return matches[0]
+
+
+def pod_spec(doc: Doc) -> Doc | None:
+    if doc["kind"] in {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet"}:
+        return doc["spec"]["template"]["spec"]
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    if doc["kind"] == "Pod":
+        return doc["spec"]
+    return None
+
+
+def pod_containers(doc: Doc) -> list[Doc]:
+    spec = pod_spec(doc)
+    if spec is None:
+        return []
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+@dataclass(frozen=True)
+class Container:
+    """One container of a workload in the kustomization."""
+
+    workload: Doc
+    spec: Doc
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload['kind']}/{self.workload['metadata']['name']}/{self.spec['name']}"
+
+    @property
+    def pod(self) -> Doc:
+        spec = pod_spec(self.workload)
+        assert spec is not None
+        return spec
+
+    @property
+    def runs_app_image(self) -> bool:
+        image = self.spec["image"]
+        app_image = next((i for i in kustomization().get("images", []) if i["name"] == APP_IMAGE), None)
+        names = {APP_IMAGE} | ({app_image.get("newName", APP_IMAGE)} if app_image else set())
+        return image.rsplit(":", 1)[0] in names
+
+    @property
+    def command(self) -> list[str]:
+        return [*self.spec.get("command", []), *self.spec.get("args", [])]
+
+    @property
+    def package(self) -> str:
+        """The package whose process this container runs: from its console script or `python -m`."""
+        command = self.command
+        if command[:2] == ["python", "-m"]:
+            return command[2].split(".")[0]
+        target = console_scripts()[command[0]]
+        return target.split(":")[0].split(".")[0]
+
+    def env_names(self) -> set[str]:
+        names = {item["name"] for item in self.spec.get("env", [])}
+        for source in self.spec.get("envFrom", []):
+            ref = source.get("configMapRef") or source.get("secretRef")
+            kind = "ConfigMap" if "configMapRef" in source else "Secret"
+            names |= {f"{source.get('prefix', '')}{key}" for key in data_keys(kind, ref["name"])}
+        return names
+
+    def env(self, name: str) -> Doc | None:
+        return next((item for item in self.spec.get("env", []) if item["name"] == name), None)
+
+    def env_value(self, name: str) -> str | None:
+        """The literal value of an env var, following configMapKeyRef; None when unset or secret."""
+        item = self.env(name)
+        if item is None:
+            return None
+        if "value" in item:
+            return str(item["value"])
+        ref = item.get("valueFrom", {}).get("configMapKeyRef")
+        if ref is None:
+            return None
+        return str(find("ConfigMap", ref["name"])["data"][ref["key"]])
+
+    def port_number(self, port: int | str) -> int:
+        if isinstance(port, int):
+            return port
+        return next(p["containerPort"] for p in self.spec.get("ports", []) if p.get("name") == port)
+
+
+def containers() -> Iterator[Container]:
+    for doc in rendered():
+        for spec in pod_containers(doc):
+            yield Container(doc, spec)
+
+
+def app_containers() -> list[Container]:
+    return [container for container in containers() if container.runs_app_image]
+
+
+def data_keys(kind: str, name: str) -> set[str]:
+    """Keys of a ConfigMap in the kustomization, or of a Secret in secrets.example.yaml."""
+    if kind == "ConfigMap":
+        return set(find("ConfigMap", name).get("data", {}))
+    secret = next(d for d in load_yaml(SECRETS_EXAMPLE) if d["kind"] == "Secret" and d["metadata"]["name"] == name)
+    return set(secret.get("stringData", {})) | set(secret.get("data", {}))
+
+
+@cache
+def pyproject() -> Doc:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def console_scripts() -> dict[str, str]:
+    return dict(pyproject()["project"]["scripts"])
+
+
+def settings_classes(package: str) -> list[type[BaseSettings]]:
+    """The settings a package's process reads: `<package>.settings.Settings`, and NatsSettings for streams."""
+    if package == "streams":
+        classes: list[type[BaseSettings]] = [NatsSettings]
+        with contextlib.suppress(ModuleNotFoundError):
+            classes.append(importlib.import_module("streams.settings").Settings)
+        return classes
+    return [importlib.import_module(f"{package}.settings").Settings]
+
+
+def _aliases(cls: type[BaseSettings]) -> Iterator[tuple[str, bool, Any]]:
+    """(env name, required, default) of every field, descending into nested settings models."""
+    for field in cls.model_fields.values():
+        alias = field.validation_alias
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseSettings) and alias is None:
+            yield from _aliases(annotation)
+            continue
+        assert isinstance(alias, str), f"{cls.__name__}: a field without validation_alias ({field})"
+        yield alias, field.is_required(), field.default
+
+
+def settings_env(package: str) -> dict[str, tuple[bool, Any]]:
+    """Env var name -> (required, default) for every setting the package's process reads."""
+    env: dict[str, tuple[bool, Any]] = {}
+    for cls in settings_classes(package):
+        for alias, required, default in _aliases(cls):
+            env.setdefault(alias, (required, default))
+    return env
+
+
+_ROUTE = re.compile(r"""["'](/[A-Za-z0-9_./{}-]*)["']""")
+
+
+def served_paths(package: str) -> set[str]:
+    """Every path-looking string literal in the package's source (routes are registered with them)."""
+    paths: set[str] = set()
+    for source in (ROOT / package).rglob("*.py"):
+        paths |= set(_ROUTE.findall(source.read_text(encoding="utf-8")))
+    return paths
