@@ -42,10 +42,18 @@ def _redact_event(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Muta
 
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if _secrets:
+        # structlog's records carry their event dict as msg: _redact_event handles those
+        if _secrets and not isinstance(record.msg, dict):
             record.msg = redact(record.getMessage())
             record.args = None
         return True
+
+
+class _RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    """Last line of defence: the rendered line itself (tracebacks included) is redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def default_format() -> LogFormat:
@@ -80,7 +88,7 @@ def configure_logging(level: str = "info", fmt: LogFormat | None = None) -> None
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RedactingFilter())
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
+        _RedactingFormatter(
             foreign_pre_chain=shared,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact_event, renderer],
         )

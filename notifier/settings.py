@@ -1,0 +1,94 @@
+"""The notifier's settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from streams.connection import NatsSettings
+from streams.logs import LogFormat
+
+ChatId = int | str
+_CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,}")
+
+
+class Settings(NatsSettings):
+    """Everything `python -m notifier` needs; Telegram settings are optional only with the log sink."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    telegram_access_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_ACCESS_TOKEN")
+    telegram_chat_id: ChatId | None = Field(default=None, validation_alias="TELEGRAM_CHAT_ID")
+    telegram_api_base_url: str = Field(default="https://api.telegram.org", validation_alias="TELEGRAM_API_BASE_URL")
+    # read timeout of one Bot API call; tests lower it to exercise TimedOut
+    telegram_timeout: float = Field(default=10.0, gt=0, validation_alias="TELEGRAM_TIMEOUT")
+    notifier_port: int = Field(default=8081, ge=0, le=65535, validation_alias="NOTIFIER_PORT")
+    notifier_sink: Literal["telegram", "log"] = Field(default="telegram", validation_alias="NOTIFIER_SINK")
+    notifier_mode: Literal["jetstream", "core"] = Field(default="jetstream", validation_alias="NOTIFIER_MODE")
+    # events sent at the same time by one replica
+    notifier_concurrency: int = Field(default=64, ge=1, le=1000, validation_alias="NOTIFIER_CONCURRENCY")
+    # while the bot cannot reach its chat (kicked, chat not found, bad token): seconds between probes
+    notifier_probe_interval: float = Field(default=30.0, gt=0, validation_alias="NOTIFIER_PROBE_INTERVAL")
+    log_level: str = Field(default="info", validation_alias="LOG_LEVEL")
+    log_format: LogFormat | None = Field(default=None, validation_alias="LOG_FORMAT")
+
+    @field_validator("telegram_chat_id", mode="before")
+    @classmethod
+    def _check_chat(cls, value: object) -> object:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not text:
+            return None
+        if re.fullmatch(r"-?\d+", text):
+            return int(text)
+        if _CHANNEL.fullmatch(text):
+            return text
+        raise ValueError("must be a numeric chat id (e.g. -1001234567890) or @channelname")
+
+    @field_validator("telegram_api_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not re.match(r"https?://[^/\s]+", value):
+            raise ValueError("must be an http(s) URL such as https://api.telegram.org")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _check_required(self) -> Self:
+        if self.nats_url is None:
+            raise ValueError("NATS_URL: field required (e.g. nats://127.0.0.1:4222)")
+        if self.notifier_sink == "telegram":
+            if self.telegram_access_token is None or not self.telegram_access_token.get_secret_value():
+                raise ValueError("TELEGRAM_ACCESS_TOKEN: field required (or set NOTIFIER_SINK=log)")
+            if self.telegram_chat_id is None:
+                raise ValueError("TELEGRAM_CHAT_ID: field required (or set NOTIFIER_SINK=log)")
+        return self
+
+    @property
+    def token(self) -> str:
+        return self.telegram_access_token.get_secret_value() if self.telegram_access_token else ""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The settings, or SystemExit with one line naming the first bad variable."""
+        try:
+            return cls()
+        except ValidationError as error:
+            raise SystemExit(f"notifier: {describe(error)}") from None
+
+
+def describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {message}" if where else message

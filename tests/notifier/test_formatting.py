@@ -1,0 +1,91 @@
+"""The Telegram message: a headline, the payload as escaped JSON, valid HTML, never over 4096."""
+
+import html
+import json
+
+import pytest
+
+from notifier.formatting import (
+    MAX_LENGTH,
+    Event,
+    MalformedEventError,
+    parse_message,
+    render_event,
+    render_events,
+    telegram_length,
+)
+from streams.subjects import Change
+from tests.fake_telegram import ParseError, parse_html, utf16_length
+from tests.notifier.conftest import make_todo
+
+NASTY = "<b>&amp; \"quotes\" 'single' </code></pre> 🚀👩‍👩‍👧 &lt; <>&"
+
+
+@pytest.mark.parametrize(("change", "headline"), [
+    (Change.CREATED, "📝 Todo created"), (Change.UPDATED, "✏️ Todo updated"), (Change.DELETED, "🗑 Todo deleted"),
+])  # fmt: skip
+def test_message_names_the_change_and_carries_the_payload(change, headline):
+    """First line names the change; the block unescapes to the exact payload; Telegram would accept it."""
+    todo = make_todo()
+    text = render_events([Event(change, todo)])
+    assert text.splitlines()[0] == headline
+    assert text.splitlines()[1].startswith('<pre><code class="language-json">')
+    assert text.endswith("</code></pre>")
+    assert parse_message(text) == [todo]
+    parse_html(text)
+
+
+def test_nasty_task_survives_and_is_valid_html():
+    """Tags, entities, quotes and emoji in the task come back intact and never break the HTML."""
+    todo = make_todo(NASTY[:140])
+    text = render_event(Event(Change.UPDATED, todo))
+    assert parse_message(text) == [todo]
+    visible = parse_html(text)
+    assert json.loads(visible.split("\n", 1)[1]) == todo
+
+
+def test_length_is_counted_like_telegram_in_utf16_units():
+    text = render_event(Event(Change.CREATED, make_todo("😀" * 140)))
+    assert telegram_length(text) == utf16_length(parse_html(text))
+
+
+def test_oversized_payload_falls_back_to_compact_then_truncates_safely():
+    """A payload too big for one message never yields over 4096 characters or broken HTML."""
+    compact_fits = {"task": "x" * 3000, "more": list(range(150))}
+    text = render_event(Event(Change.CREATED, compact_fits))
+    assert telegram_length(text) <= MAX_LENGTH
+    assert parse_message(text) == [compact_fits]
+
+    huge = {"task": ('<&>"😀' * 3000)}
+    text = render_event(Event(Change.CREATED, huge))
+    assert telegram_length(text) <= MAX_LENGTH
+    assert utf16_length(parse_html(text)) <= MAX_LENGTH
+    assert "truncated" in text.splitlines()[0]
+
+
+def test_several_events_share_a_message_under_a_summary():
+    events = [
+        Event(Change.CREATED, make_todo()),
+        Event(Change.CREATED, make_todo()),
+        Event(Change.DELETED, make_todo()),
+    ]
+    text = render_events(events)
+    assert text.splitlines()[0] == "3 changes: 2 created, 1 deleted"
+    assert parse_message(text) == [event.payload for event in events]
+    parse_html(text)
+
+
+@pytest.mark.parametrize(("subject", "data"), [
+    ("todos.created", b"not json"), ("todos.created", b"[1, 2]"), ("todos.exploded", b"{}"), ("todos.created", b"\xff"),
+])  # fmt: skip
+def test_malformed_events_are_refused(subject, data):
+    with pytest.raises(MalformedEventError):
+        Event.from_message(subject, data)
+
+
+@pytest.mark.parametrize("bad", ["<b>x", "a < b", "<script>x</script>", "x &nbsp; y", "<b><i>x</b></i>"])
+def test_fake_rejects_what_telegram_rejects(bad):
+    """The fake's HTML check is strict enough to catch broken messages."""
+    with pytest.raises(ParseError):
+        parse_html(bad)
+    assert parse_html(html.escape(bad)) == bad

@@ -1,0 +1,85 @@
+"""Core mode (no JetStream) and start-up settings."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import nats
+import pytest
+
+from notifier.settings import Settings
+from streams.subjects import MSG_ID_HEADER, Change
+from tests.notifier.conftest import REPO, make_todo, wait_until
+
+
+async def test_core_mode_two_replicas_each_event_sent_once(fake, core_nats_server, replicas):
+    """NOTIFIER_MODE=core on a NATS without JetStream: the queue group sends each event once."""
+    group = [replicas(fake, NOTIFIER_MODE="core", NATS_URL=core_nats_server.url) for _ in range(2)]
+    for replica in group:
+        await replica.wait_ready()
+    nc = await nats.connect(core_nats_server.url)
+    try:
+        todos = [make_todo(f"core {n}") for n in range(40)]
+        for todo in todos:
+            await nc.publish(
+                Change.CREATED.subject, json.dumps(todo).encode(), headers={MSG_ID_HEADER: str(uuid.uuid4())}
+            )
+        await nc.flush()
+    finally:
+        await nc.close()
+    await wait_until(lambda: len(fake.sent) >= 40, what="40 messages")
+    await asyncio.sleep(0.5)
+    assert len(fake.sent) == 40
+    assert sorted(m.text for m in fake.sent) == sorted({m.text for m in fake.sent})
+    per_replica = [await replica.metric("notifier_events_sent_total") for replica in group]
+    assert sum(per_replica) == 40
+
+
+def run_notifier(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("TELEGRAM_", "NOTIFIER_", "NATS_"))}
+    return subprocess.run(  # noqa: PLW1510
+        [sys.executable, "-m", "notifier"], cwd=REPO, env=clean | env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_missing_chat_id_stops_with_one_line_naming_it():
+    result = run_notifier({"NATS_URL": "nats://127.0.0.1:1", "TELEGRAM_ACCESS_TOKEN": "1:abc"})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "TELEGRAM_CHAT_ID" in lines[0]
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"TELEGRAM_CHAT_ID": "1"}, "TELEGRAM_ACCESS_TOKEN"),
+    ({"TELEGRAM_ACCESS_TOKEN": "1:abc", "TELEGRAM_CHAT_ID": "not a chat"}, "TELEGRAM_CHAT_ID"),
+    ({"TELEGRAM_ACCESS_TOKEN": "1:abc", "TELEGRAM_CHAT_ID": "1", "NOTIFIER_PORT": "http"}, "NOTIFIER_PORT"),
+    ({"TELEGRAM_ACCESS_TOKEN": "1:abc", "TELEGRAM_CHAT_ID": "1", "NOTIFIER_MODE": "fast"}, "NOTIFIER_MODE"),
+    ({"NOTIFIER_SINK": "log", "NATS_URL": ""}, "NATS_URL"),
+])  # fmt: skip
+def test_bad_settings_name_the_variable(monkeypatch, env, variable):
+    for key in list(os.environ):
+        if key.startswith(("TELEGRAM_", "NOTIFIER_", "NATS_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env()
+    message = str(stopped.value.code)
+    assert variable in message
+    assert "\n" not in message
+
+
+def test_settings_accept_channel_names_and_the_log_sink(monkeypatch):
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("TELEGRAM_ACCESS_TOKEN", "1:abc")
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", "@todo_admins")
+    assert Settings.from_env().telegram_chat_id == "@todo_admins"
+    monkeypatch.delenv("TELEGRAM_ACCESS_TOKEN")
+    monkeypatch.delenv("TELEGRAM_CHAT_ID")
+    monkeypatch.setenv("NOTIFIER_SINK", "log")
+    assert Settings.from_env().notifier_sink == "log"
