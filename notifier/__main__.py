@@ -1,8 +1,9 @@
 """`python -m notifier`: one notifier replica (run as many as you like).
 
-SIGTERM/SIGINT: stop fetching (the fetch under way ends within 1 s, 3 s if stalled), give in-flight
-sends up to consumer.FINISH_TIMEOUT (10 s) and nak the rest, unsubscribe the pull subscription,
-drain NATS (up to 2 s). The process exits 0 within 15 s: give k8s a grace period of at least 20 s.
+SIGTERM/SIGINT: stop fetching (the fetch under way ends within 1 s, 3 s if stalled), nak the events
+waiting for a paced chat's slots, give in-flight sends up to consumer.FINISH_TIMEOUT (10 s) and nak
+the rest, unsubscribe the pull subscription, drain NATS (up to 2 s). The process exits 0 within 15 s:
+give k8s a grace period of at least 20 s.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import signal
 
 import structlog
 
+from notifier.batching import Batcher
 from notifier.chats import ChatGate, ChatRoute
 from notifier.consumer import JetStreamConsumer
 from notifier.core import CoreSubscriber
 from notifier.health import make_app, serve
 from notifier.metrics import Metrics
+from notifier.pacing import Pacer
 from notifier.processing import BotPause, Processor, SentLog
 from notifier.settings import Settings
 from notifier.telegram import make_sink
@@ -48,10 +51,13 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         for action in await topology.bootstrap(js, settings.nats_stream_replicas):
             log.info("topology", action=str(action))
-        route = ChatRoute(settings.telegram_chat_id or 0, await js.key_value(subjects.STATE_BUCKET))
+        state = await js.key_value(subjects.STATE_BUCKET)
+        route = ChatRoute(settings.telegram_chat_id or 0, state)
         await route.load()
         pause = BotPause(metrics)
         sent = SentLog(await js.key_value(subjects.SENT_BUCKET))
+        pacer = Pacer(state, gate, settings.telegram_chat_rate, settings.telegram_group_rate)
+        metrics.pause_seconds.set_function(lambda: gate.remaining(route.current))
         processor = Processor(
             nc=nc,
             sink=sink,
@@ -61,6 +67,25 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             metrics=metrics,
             pause=pause,
             probe_interval=settings.notifier_probe_interval,
+            pacer=pacer,
+        )
+        batcher = None
+        if settings.notifier_sink == "telegram" and pacer.paces(route.current):
+            batcher = Batcher(
+                processor=processor,
+                sink=sink,
+                route=route,
+                pacer=pacer,
+                sent=sent,
+                metrics=metrics,
+                pause=pause,
+                max_events=settings.notifier_max_events_per_message,
+            )
+        log.info(
+            "notifier.pacing",
+            paced=batcher is not None,
+            limits=[str(rate) for rate in pacer.limits(route.current)] if batcher else [],
+            max_events_per_message=settings.notifier_max_events_per_message if batcher else 1,
         )
         worker = JetStreamConsumer(
             nc=nc,
@@ -72,14 +97,16 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             metrics=metrics,
             concurrency=settings.notifier_concurrency,
             probe_interval=settings.notifier_probe_interval,
+            batcher=batcher,
+            max_events_per_message=settings.notifier_max_events_per_message,
         )
-        refresh = asyncio.create_task(route.refresh_forever())
+        background = [asyncio.create_task(route.refresh_forever()), asyncio.create_task(pacer.follow())]
         try:
             await worker.run(stop)
         finally:
-            refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresh
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
     finally:
         await sink.stop()
         with contextlib.suppress(Exception):

@@ -2,8 +2,8 @@
 
 A migrated chat id is stored in the `todos_notifier` KV bucket so every replica follows it; each
 replica reads it at start, when its own send meets ChatMigrated, and every REFRESH_INTERVAL.
-The "not before" gate holds every send to a chat until a RetryAfter has elapsed (issue 6 will share
-pauses between replicas and pace sends here).
+The "not before" gate holds every send to a chat until a RetryAfter has elapsed; notifier.pacing
+feeds it the pauses other replicas met too, and paces sends through shared slots.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
+from notifier.batching import Batcher
 from notifier.chats import ChatRoute
 from notifier.metrics import Metrics
 from notifier.policy import Decision, decide
@@ -34,10 +35,15 @@ PROGRESS_EVERY = 2.0
 REBIND_DELAY = 1.0
 # on SIGTERM, in-flight sends get this long to finish; the rest are nak'ed for other replicas
 FINISH_TIMEOUT = 10.0
+# a paced chat: events held at most (enough to fill messages while the chat waits for its slots),
+# fetched this many at a time so that the replicas share them
+PACED_CAPACITY_MESSAGES = 10
+PACED_FETCH_BATCH = 20
 
 
 class JetStreamConsumer:
-    """Fetches batches and hands each event to the Processor, `concurrency` at a time."""
+    """Fetches batches; hands each event to the Processor, `concurrency` at a time, or to the paced
+    chat's Batcher, which holds them until its next slot."""
 
     def __init__(  # noqa: PLR0913 (the replica's parts, wired once in __main__)
         self,
@@ -51,16 +57,24 @@ class JetStreamConsumer:
         metrics: Metrics,
         concurrency: int,
         probe_interval: float,
+        batcher: Batcher | None = None,
+        max_events_per_message: int = 1,
     ) -> None:
         self._nc, self._js, self._processor, self._sink = nc, js, processor, sink
         self._route, self._pause, self._metrics = route, pause, metrics
         self._probe_interval = probe_interval
         self._slots = asyncio.Semaphore(concurrency)
+        self._batcher = batcher
         self._capacity = 2 * concurrency
+        self._fetch_batch = self._capacity
+        if batcher is not None:
+            self._capacity = max(self._capacity, PACED_CAPACITY_MESSAGES * max_events_per_message)
+            self._fetch_batch = PACED_FETCH_BATCH
         self._psub: JetStreamContext.PullSubscription | None = None
         self._held: dict[int, tuple[Msg, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
+        metrics.backlog_age.set_function(self._backlog_age)
 
     @property
     def bound(self) -> bool:
@@ -70,8 +84,13 @@ class JetStreamConsumer:
     def ready(self) -> bool:
         return self._nc.is_connected and self.bound and not self._pause.active
 
+    def _backlog_age(self) -> float:
+        stored = [msg.metadata.timestamp.timestamp() for msg, _ in self._held.values()]
+        return max(0.0, time.time() - min(stored)) if stored else 0.0
+
     async def run(self, stop: asyncio.Event) -> None:
         progress = asyncio.create_task(self._signal_progress())
+        sender = asyncio.create_task(self._batcher.run()) if self._batcher is not None else None
         try:
             while not stop.is_set():
                 if self._pause.active:
@@ -82,9 +101,11 @@ class JetStreamConsumer:
                     await self._fetch_and_dispatch(stop)
             await self._finish()
         finally:
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
+            for task in (progress, sender):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self._unbind()
 
     async def _bind(self, stop: asyncio.Event) -> None:
@@ -114,7 +135,7 @@ class JetStreamConsumer:
         assert self._psub is not None
         try:
             msgs = await asyncio.wait_for(
-                self._psub.fetch(room, timeout=FETCH_TIMEOUT), FETCH_TIMEOUT + WATCHDOG_MARGIN
+                self._psub.fetch(min(room, self._fetch_batch), timeout=FETCH_TIMEOUT), FETCH_TIMEOUT + WATCHDOG_MARGIN
             )
         except TimeoutError:  # idle (nats TimeoutError, a bare asyncio one, or the watchdog)
             return
@@ -136,8 +157,11 @@ class JetStreamConsumer:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            async with self._slots:
-                await self._processor.handle(msg)
+            if self._batcher is not None:
+                await self._batcher.handle(msg)
+            else:
+                async with self._slots:
+                    await self._processor.handle(msg)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -179,6 +203,8 @@ class JetStreamConsumer:
 
     async def _finish(self) -> None:
         """Stop: let in-flight sends finish for a bounded time, release the rest."""
+        if self._batcher is not None:  # events queued for a paced chat could wait long: release them now
+            await self._batcher.release_queued()
         if not self._tasks:
             return
         log.info("consumer.finishing", in_flight=len(self._tasks), timeout=FINISH_TIMEOUT)

@@ -1,7 +1,8 @@
 """Telegram messages for events: a line naming the change, then the payload as escaped JSON.
 
-`render_events` takes several events so that a busy chat can later get them grouped under a summary
-line; `parse_message` is its inverse (tests use it). Telegram counts its 4096-character limit after
+`render_events` takes several events so that a busy chat gets them grouped under a summary line, and
+`render_fitting` finds how many of a chat's queued events fit one message; `parse_message` is the
+inverse (tests use it). Telegram counts its 4096-character limit after
 entity parsing, in UTF-16 code units, so lengths here are measured that way on the unescaped text.
 """
 
@@ -11,6 +12,7 @@ import html
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +111,19 @@ def render_events(events: list[Event]) -> str:
     if not fits(text):
         raise ValueError("events do not fit in one message; group fewer")
     return text
+
+
+def render_fitting(events: Sequence[Event], limit: int) -> tuple[int, str]:
+    """The longest run of events from the start that fits one message (at least 1, at most `limit`)."""
+    blocks = [render_event(events[0])]
+    count, text = 1, blocks[0]
+    for event in events[1 : max(1, limit)]:
+        blocks.append(render_event(event))
+        candidate = html.escape(summary(list(events[: len(blocks)]))) + "\n\n" + "\n\n".join(blocks)
+        if not fits(candidate):
+            break
+        count, text = len(blocks), candidate
+    return count, text
 
 
 def parse_message(text_html: str) -> list[dict[str, Any]]:

@@ -29,3 +29,20 @@ class Metrics:
         )
         self.paused = Gauge("notifier_paused", "1 while a bot-level error stops consuming", registry=r)
         self.in_flight = Gauge("notifier_events_in_flight", "Events held by this replica", registry=r)
+        self.events_per_message = Histogram(
+            "notifier_events_per_message",
+            "Events carried by one message Telegram confirmed (more than 1 when a paced chat's backlog builds up)",
+            buckets=(1, 2, 3, 5, 10, 15, 20, 30, 50, 100),
+            registry=r,
+        )
+        # set_function()s are attached by the parts that know the values (pacing, consumer)
+        self.pause_seconds = Gauge(
+            "notifier_chat_pause_seconds",
+            "Seconds left before this replica may send to its chat again (a 429's retry_after, shared)",
+            registry=r,
+        )
+        self.backlog_age = Gauge(
+            "notifier_backlog_age_seconds",
+            "Age (since it was stored in JetStream) of the oldest event this replica holds and has not settled",
+            registry=r,
+        )

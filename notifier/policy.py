@@ -3,9 +3,11 @@
 | error                                              | decision                                            |
 |----------------------------------------------------|-----------------------------------------------------|
 | RetryAfter                                         | WAIT: no request to the chat before retry_after,    |
-|                                                    | then resend (short: hold the event; long: nak)      |
+|                                                    | from any replica (shared pause), then resend        |
+|                                                    | (held meanwhile; unpaced path: nak when over 30 s)  |
 | ChatMigrated                                       | MIGRATE: remember new_chat_id for all, resend now   |
 | Forbidden, InvalidToken, BadRequest "chat not ..." | PAUSE: bot-level; stop consuming, not ready, probe  |
+| BadRequest (anything else), message of 2+ events   | SPLIT: send them one by one; only the bad one dies  |
 | BadRequest (anything else)                         | DEAD_LETTER: this message can never be sent         |
 | MalformedEventError                                | DEAD_LETTER: poison payload                         |
 | TimedOut, NetworkError (5xx), anything else        | RETRY: nak with a delay growing with deliveries     |
@@ -42,6 +44,7 @@ class Decision(StrEnum):
     WAIT = "wait"
     MIGRATE = "migrate"
     PAUSE = "pause"
+    SPLIT = "split"
     DEAD_LETTER = "dead_letter"
     RETRY = "retry"
 
@@ -65,8 +68,10 @@ def _seconds(value: float | timedelta) -> float:
     return float(value)
 
 
-def decide(error: BaseException, deliveries: int, max_deliver: int = MAX_DELIVER) -> Outcome:  # noqa: PLR0911 (one return per row)
-    """Map a failed send (or an unsendable event) to what to do with the event."""
+def decide(  # noqa: PLR0911 (one return per row)
+    error: BaseException, deliveries: int, max_deliver: int = MAX_DELIVER, events: int = 1
+) -> Outcome:
+    """Map a failed send of a message carrying `events` events (or an unsendable event) to what to do."""
     reason = f"{type(error).__name__}: {error}"
     match error:
         case RetryAfter():
@@ -77,6 +82,8 @@ def decide(error: BaseException, deliveries: int, max_deliver: int = MAX_DELIVER
             return Outcome(Decision.PAUSE, reason)
         case BadRequest() if any(text in error.message.lower() for text in BOT_LEVEL_BAD_REQUESTS):
             return Outcome(Decision.PAUSE, reason)
+        case BadRequest() if events > 1:
+            return Outcome(Decision.SPLIT, reason)
         case BadRequest() | MalformedEventError():
             return Outcome(Decision.DEAD_LETTER, reason)
         case _:  # TimedOut, NetworkError (5xx, connection errors) and anything unforeseen

@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 from notifier.chats import ChatGate, ChatRoute
 from notifier.formatting import Event, MalformedEventError, render_events
 from notifier.metrics import Metrics
+from notifier.pacing import Pacer
 from notifier.policy import Decision, Outcome, decide
 from notifier.settings import ChatId
 from notifier.telegram import Sink
@@ -108,8 +109,9 @@ class Processor:
         metrics: Metrics,
         pause: BotPause,
         probe_interval: float,
+        pacer: Pacer | None = None,
     ) -> None:
-        self._nc, self._sink, self._route, self._gate = nc, sink, route, gate
+        self._nc, self._sink, self._route, self._gate, self._pacer = nc, sink, route, gate, pacer
         self._sent, self._metrics, self._pause = sent, metrics, pause
         self._probe_interval = probe_interval
         # the consumer's max_deliver, read when binding (an operator may have changed it)
@@ -133,7 +135,7 @@ class Processor:
             except Exception as error:  # NATS trouble while recording or checking: try again later
                 outcome = decide(error, deliveries, self.max_deliver)
                 log.warning("event.failed", error=outcome.reason)
-            await self._settle(msg, outcome, deliveries)
+            await self.settle(msg, outcome, deliveries)
 
     async def _deliver(self, msg: Msg, event_id: str, deliveries: int) -> Outcome | None:
         """None when the event is done (sent now or before); else what to do with it."""
@@ -172,6 +174,11 @@ class Processor:
             case Decision.WAIT:
                 self._metrics.rate_limited.inc()
                 self._gate.hold(chat_id, outcome.delay)
+                if self._pacer is not None:  # every replica holds too (they watch the pace keys)
+                    try:
+                        await self._pacer.pause(chat_id, outcome.delay)
+                    except Exception as error:
+                        log.warning("pacing.pause_not_shared", error=str(error) or type(error).__name__)
                 if outcome.delay > HOLD_RETRY_AFTER_UP_TO:
                     return False
                 self._metrics.retried.inc()
@@ -184,7 +191,8 @@ class Processor:
                 self._pause.trip(outcome.reason)
         return False
 
-    async def _settle(self, msg: Msg, outcome: Outcome | None, deliveries: int) -> None:
+    async def settle(self, msg: Msg, outcome: Outcome | None, deliveries: int) -> None:
+        """Ack (None), or carry out the decision: dead-letter with the reason, or nak with a delay."""
         if outcome is None:
             await msg.ack()
             return

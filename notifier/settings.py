@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, Self
+from dataclasses import dataclass
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from streams.connection import NatsSettings
@@ -13,6 +14,40 @@ from streams.logs import LogFormat
 
 ChatId = int | str
 _CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,}")
+_RATE = re.compile(r"(\d+)\s*/\s*(\d+(?:\.\d+)?|\.\d+)?\s*(ms|s|m|min)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` messages in any `period` seconds."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s"
+
+
+def parse_rate(value: object) -> Rate | None:
+    """ "20/60s", "1/1s", "1/s", "30/1m", "1/150ms"; "off" or "0" for no limit."""
+    if value is None or isinstance(value, Rate):
+        return value
+    text = str(value).strip().lower()
+    if text in {"off", "0", "none", ""}:
+        return None
+    match = _RATE.fullmatch(text)
+    if match is None:
+        raise ValueError('must be like "20/60s" (messages per period; units ms, s, m) or "off"')
+    count, amount, unit = int(match[1]), float(match[2] or 1), _UNIT_SECONDS[match[3] or "s"]
+    if count == 0:
+        return None
+    if amount * unit <= 0:
+        raise ValueError("the period must be longer than 0")
+    return Rate(count, amount * unit)
+
+
+RateSetting = Annotated[Rate | None, BeforeValidator(parse_rate)]
 
 
 class Settings(NatsSettings):
@@ -32,6 +67,14 @@ class Settings(NatsSettings):
     notifier_concurrency: int = Field(default=64, ge=1, le=1000, validation_alias="NOTIFIER_CONCURRENCY")
     # while the bot cannot reach its chat (kicked, chat not found, bad token): seconds between probes
     notifier_probe_interval: float = Field(default=30.0, gt=0, validation_alias="NOTIFIER_PROBE_INTERVAL")
+    # Telegram's limits (FAQ): about 1 message/s per chat, 20 messages/min per group or channel.
+    # Every replica paces its sends through shared state, so together they stay under them.
+    telegram_chat_rate: RateSetting = Field(default=Rate(1, 1.0), validation_alias="TELEGRAM_CHAT_RATE")
+    telegram_group_rate: RateSetting = Field(default=Rate(20, 60.0), validation_alias="TELEGRAM_GROUP_RATE")
+    # when a paced chat's backlog builds up, up to this many events share one message (1: one per event)
+    notifier_max_events_per_message: int = Field(
+        default=20, ge=1, le=100, validation_alias="NOTIFIER_MAX_EVENTS_PER_MESSAGE"
+    )
     log_level: str = Field(default="info", validation_alias="LOG_LEVEL")
     log_format: LogFormat | None = Field(default=None, validation_alias="LOG_FORMAT")
 

@@ -5,7 +5,8 @@ POST (form-encoded or JSON) to /bot<token>/<method>; answers {"ok": true, "resul
 Implemented: getMe, getChat, sendMessage (checks Telegram HTML and the 4096 limit after entity
 parsing). Faults are programmed on `FakeTelegram` (429s, 500s, delays, chat errors, poison markers,
 migrations); every request is recorded with its time. Rules that decide per request live in
-`_refusal` so a per-chat rate limiter (issue 6) slots in there.
+`_refusal`, among them Telegram's rate limits when set (`chat_interval`, `group_limit` per
+`group_window`, scaled down in time for tests): a sendMessage over them gets a 429 with retry_after.
 
 In-process: `async with FakeTelegram(token) as fake: fake.base_url`. As a process:
 `python -m tests.fake_telegram --port 8090 --token T`.
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import html
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -121,12 +123,19 @@ class FakeTelegram:
     poison_markers: list[str] = field(default_factory=list)
     # old chat id -> new chat id (sendMessage to the old one answers migrate_to_chat_id)
     migrations: dict[str, int] = field(default_factory=dict)
+    # Telegram's limits, off at 0: one message per chat every `chat_interval` s, at most `group_limit`
+    # messages in any `group_window` s to a group (negative id) or channel (@name); over them: 429
+    chat_interval: float = 0.0
+    group_limit: int = 0
+    group_window: float = 0.0
+    rate_limited: int = 0  # 429s the limits answered (injected fail_429s not counted)
     requests: list[Request] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._runner: web.AppRunner | None = None
         self._next_id = 1
+        self._accepted: dict[str, list[float]] = {}  # chat id -> times of the messages accepted
 
     @property
     def base_url(self) -> str:
@@ -222,8 +231,24 @@ class FakeTelegram:
         if self.fail_500 > 0:
             self.fail_500 -= 1
             raise TelegramError(500, "Internal Server Error")
+        if (wait := self._over_limit(chat_id, time.monotonic())) > 0:
+            self.rate_limited += 1
+            retry_after = max(1, math.ceil(wait))  # Telegram answers whole seconds
+            raise TelegramError(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
         if any(marker in text for marker in self.poison_markers):
             raise TelegramError(400, CANT_PARSE)
+
+    def _over_limit(self, chat_id: str, now: float) -> float:
+        """Seconds until a message to the chat would be within its limits (0: it is now)."""
+        times = self._accepted.get(chat_id, [])
+        wait = 0.0
+        if self.chat_interval and times:
+            wait = times[-1] + self.chat_interval - now
+        if self.group_limit and (chat_id.startswith(("-", "@"))):
+            recent = [at for at in times if at > now - self.group_window]
+            if len(recent) >= self.group_limit:
+                wait = max(wait, recent[-self.group_limit] + self.group_window - now)
+        return wait
 
     def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
         chat_id = self._chat(params)
@@ -244,7 +269,11 @@ class FakeTelegram:
             raise TelegramError(400, "Bad Request: message is too long")
         message_id, self._next_id = self._next_id, self._next_id + 1
         now = time.time()
-        self.sent.append(Sent(time.monotonic(), chat_id, text, message_id))
+        at = time.monotonic()
+        self.sent.append(Sent(at, chat_id, text, message_id))
+        accepted = self._accepted.setdefault(chat_id, [])
+        accepted.append(at)
+        del accepted[: -max(1, self.group_limit)]  # all that the limits look at
         return {
             "message_id": message_id,
             "date": int(now),

@@ -163,6 +163,9 @@ def replicas(nats_server: NatsServer, tmp_path: Path) -> Iterator[Callable[..., 
             "LOG_LEVEL": "info",
             "LOG_FORMAT": "json",
             "NOTIFIER_PROBE_INTERVAL": "0.5",
+            # unpaced (one message per event, concurrent) unless a test sets Telegram's limits
+            "TELEGRAM_CHAT_RATE": "off",
+            "TELEGRAM_GROUP_RATE": "off",
         }
         if fake is not None:
             base |= {

@@ -2,6 +2,7 @@
 
 import html
 import json
+import random
 
 import pytest
 
@@ -12,6 +13,7 @@ from notifier.formatting import (
     parse_message,
     render_event,
     render_events,
+    render_fitting,
     telegram_length,
 )
 from streams.subjects import Change
@@ -89,3 +91,62 @@ def test_fake_rejects_what_telegram_rejects(bad):
     with pytest.raises(ParseError):
         parse_html(bad)
     assert parse_html(html.escape(bad)) == bad
+
+
+ALPHABET = [*"abc xyz<>&\"'/;=", "&amp;", "&lt;", "</pre>", "<b>", "😀", "👩‍👩‍👧", "é", "\n", "\t", "\\"]
+
+
+def random_task(rng: random.Random) -> str:
+    if rng.random() < 0.3:  # as long as the API allows, in the widest characters
+        return "".join(rng.choice(["😀", "<", "&", '"']) for _ in range(140))
+    text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 60)))
+    return text[:140] or "x"
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_grouped_messages_round_trip_and_fit(seed):
+    """Any queue of events packs into messages that parse back into exactly those events, in order,
+    each valid HTML for Telegram and at most 4096 characters as Telegram counts them."""
+    rng = random.Random(seed)
+    events = [
+        Event(rng.choice(list(Change)), make_todo(random_task(rng), done=rng.random() < 0.5))
+        for _ in range(rng.randint(1, 120))
+    ]
+    limit = rng.choice([1, 2, 5, 20, 50])
+    queue, carried = list(events), []
+    while queue:
+        count, text = render_fitting(queue, limit)
+        assert 1 <= count <= limit
+        group, queue = queue[:count], queue[count:]
+        assert utf16_length(parse_html(text)) <= MAX_LENGTH
+        assert parse_message(text) == [event.payload for event in group]
+        first_line = text.splitlines()[0]
+        if count == 1:
+            assert first_line == render_event(group[0]).splitlines()[0]
+        else:
+            assert first_line.startswith(f"{count} changes: ")
+            assert text == render_events(group)
+        if queue and count < limit:  # stopped early only because one more would not fit
+            assert not _fits_with_next(group, queue[0])
+        carried += group
+    assert carried == events
+
+
+def _fits_with_next(group, following):
+    try:
+        text = render_events([*group, following])
+    except ValueError:
+        return False
+    return utf16_length(parse_html(text)) <= MAX_LENGTH
+
+
+def test_small_events_fill_a_message_up_to_the_limit():
+    events = [Event(Change.CREATED, make_todo(f"task {n}")) for n in range(30)]
+    count, text = render_fitting(events, 10)
+    assert count == 10
+    assert text.splitlines()[0] == "10 changes: 10 created"
+    count, text = render_fitting(events, 30)  # as many as 4096 characters hold (19 short todos)
+    assert 15 <= count < 30
+    assert not _fits_with_next(events[:count], events[count])
+    count, _ = render_fitting([Event(Change.CREATED, make_todo("😀" * 140)) for _ in range(30)], 20)
+    assert 1 < count < 20  # wide tasks: as many as fit 4096
