@@ -1,0 +1,149 @@
+"""Outages: NATS down keeps the API answering and loses no event; PostgreSQL down is a quick 503, then recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.services import NatsServer, Postgres
+from tests.web.conftest import ClientFactory, bootstrap_streams
+from tests.web.helpers import stream_events, wait_for, wait_for_events
+
+Client = TestClient[Any, Any]
+
+
+async def test_nats_outage_loses_nothing_and_keeps_order(api: Client, jetstream: NatsServer) -> None:
+    """NATS stopped while todos change: every request succeeds, /readyz says 503; after restart the stream holds
+    every event once, in order per todo."""
+    before = await (await api.post("/api/todos", json={"task": "before"})).json()
+    await wait_for_events(jetstream.url, 1)
+    jetstream.stop()
+
+    async def not_ready() -> bool:
+        return (await api.get("/readyz")).status == 503
+
+    await wait_for(not_ready, timeout=10)
+    answers: list[dict[str, Any]] = []
+    subjects: list[str] = []
+    for i in range(5):
+        response = await api.post("/api/todos", json={"task": f"during {i}"})
+        assert response.status == 201
+        todo = await response.json()
+        answers.append(todo)
+        subjects.append("todos.created")
+        for step in range(3):
+            response = await api.put(f"/api/todos/{todo['id']}", json={"task": f"during {i} step {step}"})
+            assert response.status == 200
+            answers.append(await response.json())
+            subjects.append("todos.updated")
+    response = await api.delete(f"/api/todos/{before['id']}")
+    assert response.status == 200
+    answers.append(await response.json())
+    subjects.append("todos.deleted")
+
+    async def backlog_seen() -> bool:
+        return f"outbox_backlog {float(len(answers))}" in await (await api.get("/metrics")).text()
+
+    await wait_for(backlog_seen, timeout=5)
+    jetstream.start()
+    events = await wait_for_events(jetstream.url, 1 + len(answers), timeout=20)
+    await asyncio.sleep(0.5)  # no duplicate turns up late
+    events = await stream_events(jetstream.url)
+    assert len(events) == 1 + len(answers)
+    assert len({event.msg_id for event in events}) == len(events)
+    by_todo: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for event in events[1:]:
+        by_todo[event.payload["id"]].append((event.subject, event.payload))
+    expected: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for subject, answer in zip(subjects, answers, strict=True):
+        expected[answer["id"]].append((subject, answer))
+    assert by_todo == expected
+
+    async def ready() -> bool:
+        return (await api.get("/readyz")).status == 200
+
+    await wait_for(ready)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server of this test alone, to stop and start.
+
+    Its data lives outside pytest's basetemp: another pytest run starting meanwhile makes that
+    directory private again (0700), and the server, running as another user, could not restart.
+    """
+    with tempfile.TemporaryDirectory(prefix="todo-web-pg-") as directory, Postgres(Path(directory) / "pg") as server:
+        yield server
+
+
+async def test_postgres_outage_is_a_quick_503_then_recovers(
+    own_postgres: Postgres, jetstream: NatsServer, make_client: ClientFactory
+) -> None:
+    """PostgreSQL stopped: requests get a 503 problem document within seconds and /readyz is 503;
+    after restart the API works again with no manual step, and events flow."""
+    api = await make_client(own_postgres.create_database("outage"), jetstream.url)
+    todo = await (await api.post("/api/todos", json={"task": "before"})).json()
+    await asyncio.to_thread(own_postgres.stop)
+
+    for method, path, body in [
+        ("GET", "/api/todos", None),
+        ("POST", "/api/todos", {"task": "during"}),
+        ("PUT", f"/api/todos/{todo['id']}", {"done": True}),
+        ("GET", f"/api/todos/{todo['id']}", None),
+        ("DELETE", f"/api/todos/{todo['id']}", None),
+    ]:
+        started = time.monotonic()
+        response = await api.request(method, path, json=body)
+        elapsed = time.monotonic() - started
+        assert response.status == 503, (method, path, await response.text())
+        assert response.content_type == "application/problem+json"
+        assert (await response.json())["status"] == 503
+        assert elapsed < 5.0, (method, path, elapsed)
+    started = time.monotonic()
+    assert (await api.get("/readyz")).status == 503
+    assert time.monotonic() - started < 5.0
+
+    await asyncio.to_thread(own_postgres.start)
+
+    async def works() -> bool:
+        return (await api.post("/api/todos", json={"task": "after"})).status == 201
+
+    await wait_for(works, timeout=20, interval=0.2)
+    assert (await api.get("/readyz")).status == 200
+    tasks = [todo["task"] for todo in await (await api.get("/api/todos")).json()]
+    assert tasks[0] == "before"
+    assert "after" in tasks
+    assert "during" not in tasks
+    events = await wait_for_events(jetstream.url, 2)
+    assert [event.payload["task"] for event in events][:1] == ["before"]
+    assert "after" in [event.payload["task"] for event in events]
+
+
+async def test_api_starts_and_serves_before_nats_is_up(
+    tmp_path: Path, database_url: str, make_client: ClientFactory
+) -> None:
+    """NATS not running when the API starts: it serves at once (/readyz 503), and events flow once NATS is up."""
+    late = NatsServer(tmp_path / "late-nats")
+    try:
+        api = await make_client(database_url, late.url)
+        todo = await (await api.post("/api/todos", json={"task": "early"})).json()
+        assert (await api.get("/readyz")).status == 503
+        late.start()
+        await bootstrap_streams(late.url)
+        events = await wait_for_events(late.url, 1, timeout=15)
+        assert events[0].payload == todo
+
+        async def ready() -> bool:
+            return (await api.get("/readyz")).status == 200
+
+        await wait_for(ready)
+    finally:
+        late.stop()

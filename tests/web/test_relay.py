@@ -1,0 +1,95 @@
+"""The relay: woken at once after a commit, sweeping rows nobody woke it for, one relay among replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import nats
+from aiohttp.test_utils import TestClient
+
+from tests.services import NatsServer
+from tests.web.conftest import ClientFactory
+from tests.web.helpers import count_rows, wait_for, wait_for_events
+
+Client = TestClient[Any, Any]
+
+
+async def test_event_reaches_subscribers_within_milliseconds(api: Client, jetstream: NatsServer) -> None:
+    """The relay is woken by the commit: the event arrives long before the 1 s sweep would bring it."""
+    nc = await nats.connect(jetstream.url)
+    arrivals: dict[str, float] = {}
+
+    async def on_message(msg: Any) -> None:
+        arrivals[json.loads(msg.data)["id"]] = time.perf_counter()
+
+    await nc.subscribe("todos.created", cb=on_message)
+    await nc.flush()
+    delays = []
+    try:
+        for i in range(15):
+            started = time.perf_counter()
+            todo = await (await api.post("/api/todos", json={"task": f"fast {i}"})).json()
+
+            async def arrived(todo_id: str = todo["id"]) -> bool:
+                return todo_id in arrivals
+
+            await wait_for(arrived, interval=0.001)
+            delays.append(arrivals[todo["id"]] - started)
+    finally:
+        await nc.close()
+    assert statistics.median(delays) < 0.25, delays
+
+
+async def test_sweep_publishes_rows_left_behind(api: Client, database_url: str, jetstream: NatsServer) -> None:
+    """A row committed without waking the relay (a crash, another replica) is published by the periodic sweep."""
+    event_id = uuid.uuid4()
+    payload = json.dumps({"left": "behind"}).encode()
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "INSERT INTO outbox (event_id, subject, payload, created_at) VALUES ($1, 'todos.deleted', $2, now())",
+            event_id,
+            payload,
+        )
+    finally:
+        await connection.close()
+    events = await wait_for_events(jetstream.url, 1, timeout=10)
+    assert (events[0].subject, events[0].payload, events[0].msg_id) == (
+        "todos.deleted",
+        {"left": "behind"},
+        str(event_id),
+    )
+
+    async def gone() -> bool:
+        return await count_rows(database_url, "outbox") == 0
+
+    await wait_for(gone)
+
+
+async def test_replicas_sharing_a_database_keep_per_todo_order(
+    jetstream: NatsServer, database_url: str, make_client: ClientFactory
+) -> None:
+    """Two API replicas on one database and NATS, one todo updated through both at once: the stream holds every
+    event once, in commit order (updatedAt strictly increasing)."""
+    first, second = await asyncio.gather(
+        make_client(database_url, jetstream.url), make_client(database_url, jetstream.url)
+    )
+    todo = await (await first.post("/api/todos", json={"task": "shared"})).json()
+    replicas = [first, second]
+    responses = await asyncio.gather(
+        *(replicas[i % 2].put(f"/api/todos/{todo['id']}", json={"task": f"via {i % 2} #{i}"}) for i in range(40))
+    )
+    assert all(response.status == 200 for response in responses)
+    events = await wait_for_events(jetstream.url, 41)
+    assert len({event.msg_id for event in events}) == 41
+    updates = [event.payload["updatedAt"] for event in events if event.subject == "todos.updated"]
+    assert len(updates) == 40
+    assert updates == sorted(updates)
+    assert len(set(updates)) == 40
+    assert events[-1].payload == await (await second.get(f"/api/todos/{todo['id']}")).json()

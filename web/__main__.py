@@ -1,0 +1,35 @@
+"""`python -m web`: the todo API with its outbox relay; SIGTERM stops it gracefully."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from streams.logs import configure_logging
+from web.app import init_app
+from web.settings import Settings
+
+# requests in flight get this long to finish after SIGTERM (aiohttp may wait up to twice that)
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("web")
+    log.info("web.starting", host=settings.host, port=settings.port, nats=settings.nats_url is not None)
+    # run_app turns SIGTERM and SIGINT into a graceful stop: no new connections, in-flight requests
+    # finish, then the cleanup contexts close the relay (after a last flush), NATS and the database
+    web.run_app(
+        init_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
+        print=None,
+    )
+    log.info("web.stopped")
+
+
+if __name__ == "__main__":
+    main()

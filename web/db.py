@@ -1,0 +1,109 @@
+"""The database: tortoise's config for DATABASE_URL, opened and closed with the app, and outage detection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import structlog
+from aiohttp import web
+from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.connection import get_connection
+from tortoise.context import TortoiseContext
+from tortoise.exceptions import DBConnectionError
+
+from web.keys import SETTINGS
+from web.migrate import apply_migrations
+
+log = structlog.get_logger(__name__)
+
+APP_LABEL = "web"
+MIGRATIONS_MODULE = "web.migrations"
+# PostgreSQL: give up connecting or running one statement after this long, so an outage is a quick 503
+CONNECT_TIMEOUT = 2
+COMMAND_TIMEOUT = 3.0
+POOL_SIZE = 10
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    """tortoise's config: one connection (with timeouts on PostgreSQL) and the web app's models and migrations."""
+    connection: str | dict[str, Any] = database_url
+    if not database_url.startswith("sqlite://"):
+        expanded = expand_db_url(database_url)
+        credentials = {
+            "timeout": CONNECT_TIMEOUT,
+            "command_timeout": COMMAND_TIMEOUT,
+            "maxsize": POOL_SIZE,
+            **expanded["credentials"],
+        }
+        connection = {**expanded, "credentials": credentials}
+    return {
+        "connections": {"default": connection},
+        "apps": {
+            APP_LABEL: {"models": ["web.models"], "default_connection": "default", "migrations": MIGRATIONS_MODULE}
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+# for `tortoise -c web.db.TORTOISE_ORM makemigrations`
+TORTOISE_ORM = tortoise_config("sqlite://:memory:")
+
+
+async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open tortoise for this app (first, so every later task sees it) and bring the schema up to date."""
+    settings = app[SETTINGS]
+    if settings.sqlite_path is not None:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    context = TortoiseContext()
+    # the context is a contextvar: tasks and request handlers started after this point inherit it
+    context.__enter__()
+    try:
+        await context.init(config=tortoise_config(settings.database_url))
+        await apply_migrations(tortoise_config(settings.database_url)["apps"], settings.sqlite_path)
+        yield
+    finally:
+        await context.close_connections()
+        # the app may be cleaned up from another context than the one it started in
+        with contextlib.suppress(ValueError):
+            context.__exit__(None, None, None)
+
+
+def is_postgres() -> bool:
+    return str(get_connection("default").capabilities.dialect) == "postgres"
+
+
+async def ping() -> None:
+    """One round trip to the database; raises when it does not answer."""
+    await get_connection("default").execute_query("SELECT 1")
+
+
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    DBConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InsufficientResourcesError,
+    # a pooled connection torn down by the server mid-use ("cannot switch to state ...")
+    asyncpg.InternalClientError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database cannot be reached, rather than a bug."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OUTAGE_ERRORS):
+            return True
+        if "database is locked" in str(seen):  # SQLite busy beyond its timeout
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

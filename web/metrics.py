@@ -1,0 +1,38 @@
+"""Prometheus metrics of one app: HTTP traffic and the outbox relay (a registry per app, for tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        labels = ("route", "method", "status")
+        self.requests = Counter("http_requests", "HTTP requests answered", labels, registry=self.registry)
+        self.request_latency = Histogram(
+            "http_request_duration_seconds", "Time to answer an HTTP request", labels,
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.outbox_backlog = Gauge(
+            "outbox_backlog", "Events committed and not yet acked by NATS (sampled about every second)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.published = Counter("outbox_published", "Events acked by NATS", ("mode",), registry=self.registry)
+        self.publish_failures = Counter(
+            "outbox_publish_failures", "Relay batches that failed to publish (retried with backoff)",
+            ("reason",), registry=self.registry,
+        )  # fmt: skip
+        self.publish_latency = Histogram(
+            "outbox_publish_latency_seconds", "From the commit of an event to its ack by NATS",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

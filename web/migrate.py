@@ -1,0 +1,57 @@
+"""Schema migrations applied at start, by one replica at a time.
+
+The migrations are tortoise-orm's built-in ones, checked in under web/migrations (write a new one
+with `tortoise -c web.db.TORTOISE_ORM makemigrations`). Replicas that start together queue on a
+PostgreSQL advisory lock (on SQLite, on a lock file next to the database), so the second one finds
+the work done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from tortoise.connection import get_connection
+from tortoise.migrations.executor import MigrationExecutor
+
+log = structlog.get_logger(__name__)
+
+# PostgreSQL advisory lock key held while one replica migrates: "todos" in ASCII
+MIGRATION_LOCK_KEY = 0x746F646F73
+
+
+@contextlib.asynccontextmanager
+async def _postgres_lock() -> AsyncIterator[None]:
+    client = get_connection("default")
+    async with client.acquire_connection() as connection:
+        await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            yield
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(database: Path) -> AsyncIterator[None]:
+    with database.with_name(database.name + ".migrate-lock").open("w") as handle:
+        await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def apply_migrations(apps: dict[str, dict[str, Any]], sqlite_path: Path | None) -> None:
+    """Bring the schema of `apps` to their latest migration; safe when several replicas do it at once."""
+    client = get_connection("default")
+    lock = _file_lock(sqlite_path) if sqlite_path is not None else _postgres_lock()
+    async with lock:
+        executor = MigrationExecutor(client, apps)
+        steps = await executor.plan()
+        await executor.migrate()
+    log.info("db.migrated", applied=[step.migration.name for step in steps])

@@ -1,0 +1,1 @@
+"""Schema migrations, written by `tortoise makemigrations` (tortoise-orm's built-in migrations)."""

@@ -1,0 +1,125 @@
+"""Publishing outbox rows: pipelined JetStream publishes, or core publishes on a server without JetStream.
+
+JetStream stores messages in the order one connection sends them, so a batch is sent without
+waiting and the acks are collected afterwards; what counts is the acked prefix. A server that
+has never answered the JetStream API, for `FALLBACK_AFTER` seconds, is taken for a plain NATS
+(one that answered before is restarting, and events wait for it): events then go out as core
+publishes, said once in the log, and JetStream is looked for again every `RECHECK_INTERVAL`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+from streams.subjects import MSG_ID_HEADER
+from web.models import OutboxEvent
+
+log = structlog.get_logger(__name__)
+
+ACK_TIMEOUT = 3
+FALLBACK_AFTER = 2.0
+RECHECK_INTERVAL = 30.0
+
+
+class NoStreamError(RuntimeError):
+    """JetStream runs but no stream takes todos.* subjects: `just bootstrap-streams` is missing."""
+
+
+class JetStreamUnavailableError(RuntimeError):
+    """No JetStream answers (yet): retried until FALLBACK_AFTER says it is a plain NATS server."""
+
+
+class Publisher:
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.core_mode = False
+        self._missing_since: float | None = None
+        self._checked_at = 0.0
+        self._seen_jetstream = False
+        # the connection's reconnect count when JetStream last answered
+        self._verified_at: int | None = None
+
+    @property
+    def mode(self) -> str:
+        return "core" if self.core_mode else "jetstream"
+
+    async def publish(self, events: list[OutboxEvent]) -> tuple[int, Exception | None]:
+        """How many events, from the first, NATS took; and the error that stopped the rest."""
+        if self.core_mode and time.monotonic() - self._checked_at > RECHECK_INTERVAL:
+            await self._check()
+        reconnects = self.nc.stats["reconnects"]
+        if not self.core_mode and self._verified_at != reconnects:
+            # look before the first publish on each connection: a plain subscriber would see attempts otherwise
+            if not await self._check():
+                return 0, JetStreamUnavailableError("no JetStream answers")
+            self._verified_at = reconnects
+        if self.core_mode:
+            return await self._publish_core(events)
+        return await self._publish_jetstream(events)
+
+    async def _publish_jetstream(self, events: list[OutboxEvent]) -> tuple[int, Exception | None]:
+        futures: list[asyncio.Future[PubAck]] = []
+        acked = 0
+        try:
+            for event in events:
+                headers = {MSG_ID_HEADER: str(event.event_id)}
+                futures.append(await self.js.publish_async(event.subject, bytes(event.payload), headers=headers))
+            async with asyncio.timeout(ACK_TIMEOUT):
+                for future in futures:
+                    await future
+                    acked += 1
+        except (NoStreamResponseError, TimeoutError) as exc:
+            # no responder, or no ack at all (a plain subscriber on the subject answers nothing)
+            if await self._check():
+                return acked, NoStreamError("no stream takes todos.*") if isinstance(
+                    exc, NoStreamResponseError
+                ) else exc
+            if not self.core_mode:
+                return acked, JetStreamUnavailableError("no JetStream answers")
+            done, error = await self._publish_core(events[acked:])
+            return acked + done, error
+        except Exception as exc:
+            return acked, exc
+        finally:
+            # an unresolved future would hold one of nats-py's pending-publish slots for good
+            for future in futures:
+                future.cancel()
+        return acked, None
+
+    async def _publish_core(self, events: list[OutboxEvent]) -> tuple[int, Exception | None]:
+        try:
+            for event in events:
+                await self.nc.publish(event.subject, bytes(event.payload), headers={MSG_ID_HEADER: str(event.event_id)})
+            await self.nc.flush(timeout=ACK_TIMEOUT)
+        except Exception as exc:
+            return 0, exc
+        return len(events), None
+
+    async def _check(self) -> bool:
+        """Whether JetStream answers; switches between JetStream and core publishes as the answer persists."""
+        self._checked_at = now = time.monotonic()
+        try:
+            await self.js.account_info()
+        except (ServiceUnavailableError, NoRespondersError, NoStreamResponseError):
+            self._missing_since = self._missing_since or now
+            # a server that had JetStream and has none now is restarting, not a plain NATS
+            if not self.core_mode and not self._seen_jetstream and now - self._missing_since >= FALLBACK_AFTER:
+                log.warning(
+                    "relay.core_fallback", reason="the NATS server has no JetStream: events go out as core publishes"
+                )
+                self.core_mode = True
+            return False
+        self._missing_since = None
+        self._seen_jetstream = True
+        if self.core_mode:
+            log.info("relay.jetstream_found", reason="JetStream answers again: events go to the stream")
+            self.core_mode = False
+        return True

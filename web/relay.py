@@ -1,0 +1,174 @@
+"""The outbox relay: ships committed events to JetStream in id order and forgets them once acked.
+
+A handler sets `wakeup` right after it commits, so an event normally reaches the stream within
+milliseconds; a sweep every `SWEEP_INTERVAL` picks up rows left by a crash or by another replica.
+Rows are read in batches, published by web.publisher (pipelined, `Nats-Msg-Id` = the event id)
+and deleted in one statement once acked. Anything
+that fails stays in the table and is retried with backoff; the stream's duplicate window makes a
+retry of an already stored event harmless. On PostgreSQL a transaction-level advisory lock lets
+one replica relay at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+from tortoise import connections
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.transactions import in_transaction
+
+from web import db
+from web.broker import Broker
+from web.keys import BROKER, METRICS, OUTBOX_WAKEUP, RELAY_TASK, SETTINGS
+from web.metrics import Metrics
+from web.models import OutboxEvent
+from web.publisher import NoStreamError, Publisher
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 1000
+SWEEP_INTERVAL = 1.0
+LINGER = 0.002
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+SHUTDOWN_FLUSH = 5.0
+# transaction-level advisory lock: one replica relays at a time ("outbox" in ASCII)
+RELAY_LOCK_KEY = 0x6F7574626F78
+
+
+class Relay:
+    def __init__(self, broker: Broker, metrics: Metrics, wakeup: asyncio.Event) -> None:
+        self.broker = broker
+        self._publisher: Publisher | None = None
+        self.metrics = metrics
+        self.wakeup = wakeup
+        self.stopped = asyncio.Event()
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            if self.broker.nc is None:
+                raise ConnectionError("not connected to NATS yet")
+            self._publisher = Publisher(self.broker.nc)
+        return self._publisher
+
+    async def run(self) -> None:
+        """Relay on every wakeup and every sweep, retrying failures with backoff, until stop() (then one last flush)."""
+        backoff = BACKOFF_START
+        while True:
+            woken = await self._pause(SWEEP_INTERVAL, self.wakeup)
+            if woken and not self.stopped.is_set():
+                # let commits arriving together share one batch: one query and one delete for many events
+                await asyncio.sleep(LINGER)
+            self.wakeup.clear()
+            if not self.broker.is_connected:
+                # NATS is away (logged by streams.connection, shown by /readyz); the reconnect wakes us
+                if self.stopped.is_set():
+                    return
+                if not woken:
+                    await self._sample_backlog()
+                continue
+            try:
+                await self.flush()
+                if not woken:
+                    await self._sample_backlog()
+                backoff = BACKOFF_START
+            except Exception as exc:
+                self._failed(exc, backoff)
+                if self.stopped.is_set():
+                    return
+                await self._pause(backoff, self.stopped)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            if self.stopped.is_set() and not self.wakeup.is_set():
+                return  # stopped, and nothing was committed since the last flush began
+
+    async def _sample_backlog(self) -> None:
+        with contextlib.suppress(Exception):  # the database may be away too; the gauge waits
+            self.metrics.outbox_backlog.set(await OutboxEvent.all().count())
+
+    def stop(self) -> None:
+        """Finish: one last flush, then run() returns."""
+        self.stopped.set()
+        self.wakeup.set()
+
+    @staticmethod
+    async def _pause(seconds: float, event: asyncio.Event) -> bool:
+        """Wait until `event` is set (True) or `seconds` passed (False)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                return await event.wait()
+        return False
+
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        reason = type(exc).__name__
+        self.metrics.publish_failures.labels(reason).inc()
+        if isinstance(exc, NoStreamError):
+            log.error("relay.no_stream", hint="run `just bootstrap-streams` (python -m streams bootstrap)")
+        else:
+            log.warning("relay.failed", error=str(exc) or reason, retry_in=backoff)
+
+    async def flush(self) -> None:
+        """Publish every pending row, batch after batch."""
+        while await self._relay_batch() == BATCH_SIZE:
+            pass
+
+    async def _relay_batch(self) -> int:
+        if not self.broker.is_connected:
+            raise ConnectionError("not connected to NATS")
+        if not db.is_postgres():
+            # SQLite: this process is the only relay; no transaction, so writers are not held up while NATS acks
+            acked, error = await self._ship(connections.get("default"))
+        else:
+            async with in_transaction() as connection:
+                rows = await connection.execute_query_dict(
+                    "SELECT pg_try_advisory_xact_lock($1) AS locked", [RELAY_LOCK_KEY]
+                )
+                if not rows[0]["locked"]:
+                    return 0  # another replica is relaying
+                acked, error = await self._ship(connection)
+        # raised after the commit, so the rows NATS did ack are gone for good
+        if error is not None:
+            raise error
+        return acked
+
+    async def _ship(self, connection: BaseDBAsyncClient) -> tuple[int, Exception | None]:
+        """Publish the oldest pending rows and delete those NATS acked: how many, and what stopped the rest."""
+        events = await OutboxEvent.all().using_db(connection).order_by("id").limit(BATCH_SIZE)
+        if not events:
+            return 0, None
+        acked, error = await self.publisher.publish(events)
+        if acked:
+            await OutboxEvent.filter(id__in=[event.id for event in events[:acked]]).using_db(connection).delete()
+            self._count(events[:acked])
+        return acked, error
+
+    def _count(self, events: list[OutboxEvent]) -> None:
+        at = datetime.now(UTC)
+        self.metrics.published.labels(self.publisher.mode).inc(len(events))
+        for event in events:
+            self.metrics.publish_latency.observe(max(0.0, (at - event.created_at).total_seconds()))
+
+
+async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the relay while the app runs; on shutdown give it SHUTDOWN_FLUSH seconds to publish what it can."""
+    if app[SETTINGS].nats_url is None:
+        yield
+        return
+    relay = Relay(app[BROKER], app[METRICS], app[OUTBOX_WAKEUP])
+    task = asyncio.create_task(relay.run(), name="outbox-relay")
+    app[RELAY_TASK] = task
+    yield
+    relay.stop()
+    try:
+        async with asyncio.timeout(SHUTDOWN_FLUSH):
+            await task
+    except TimeoutError:
+        log.warning("relay.shutdown_flush_incomplete", pending="left in the outbox for the next start or replica")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,89 @@
+"""HTTP handlers: thin; parse, call web.todos, answer. Errors become problem documents in middlewares."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from aiohttp import web
+
+from streams import payload
+from web import db, todos
+from web.keys import BROKER, METRICS, OUTBOX_WAKEUP, SETTINGS
+from web.problems import TodoNotFoundError, problem
+from web.schemas import TodoCreate, TodoUpdate, parse_body
+
+READY_TIMEOUT = 2.0
+
+
+def _todo_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise TodoNotFoundError(request.match_info["id"]) from None
+
+
+def _answer(todo: payload.Todo, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=todo.to_bytes(), content_type="application/json")
+
+
+def _outbox(request: web.Request) -> bool:
+    return request.app[SETTINGS].nats_url is not None
+
+
+def _committed(request: web.Request) -> None:
+    """Wake the relay: an outbox row was just committed."""
+    if _outbox(request):
+        request.app[OUTBOX_WAKEUP].set()
+
+
+async def list_todos(_: web.Request) -> web.Response:
+    body = json.dumps([todo.to_json() for todo in await todos.list_todos()], ensure_ascii=False)
+    return web.Response(body=body.encode(), content_type="application/json")
+
+
+async def create_todo(request: web.Request) -> web.Response:
+    body = parse_body(TodoCreate, await request.read())
+    todo = await todos.create_todo(body, outbox=_outbox(request))
+    _committed(request)
+    response = _answer(todo, status=201)
+    response.headers["Location"] = f"/api/todos/{todo.id}"
+    return response
+
+
+async def get_todo(request: web.Request) -> web.Response:
+    return _answer(await todos.get_todo(_todo_id(request)))
+
+
+async def update_todo(request: web.Request) -> web.Response:
+    todo_id = _todo_id(request)
+    body = parse_body(TodoUpdate, await request.read())
+    todo = await todos.update_todo(todo_id, body, outbox=_outbox(request))
+    _committed(request)
+    return _answer(todo)
+
+
+async def delete_todo(request: web.Request) -> web.Response:
+    todo = await todos.delete_todo(_todo_id(request), outbox=_outbox(request))
+    _committed(request)
+    return _answer(todo)
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await db.ping()
+    except Exception as exc:
+        return problem(503, f"the database does not answer: {exc or type(exc).__name__}")
+    if _outbox(request) and not request.app[BROKER].is_connected:
+        return problem(503, "not connected to NATS")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
