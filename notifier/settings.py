@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from streams.connection import NatsSettings
@@ -54,6 +54,7 @@ class Settings(NatsSettings):
     """Everything `python -m notifier` needs; Telegram settings are optional only with the log sink."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    program: ClassVar[str] = "notifier"
 
     telegram_access_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_ACCESS_TOKEN")
     telegram_chat_id: ChatId | None = Field(default=None, validation_alias="TELEGRAM_CHAT_ID")
@@ -120,18 +121,3 @@ class Settings(NatsSettings):
     @property
     def token(self) -> str:
         return self.telegram_access_token.get_secret_value() if self.telegram_access_token else ""
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """The settings, or SystemExit with one line naming the first bad variable."""
-        try:
-            return cls()
-        except ValidationError as error:
-            raise SystemExit(f"notifier: {describe(error)}") from None
-
-
-def describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {message}" if where else message

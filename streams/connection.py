@@ -5,13 +5,13 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import structlog
 from nats.aio.client import Client
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = structlog.get_logger(__name__)
@@ -47,9 +47,29 @@ class NatsSettings(BaseSettings):
             raise ValueError(f"file not found: {value}")
         return value
 
+    # names the program in the one-line error of from_env(), e.g. "notifier: TELEGRAM_CHAT_ID: ..."
+    program: ClassVar[str] = ""
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """The settings, or SystemExit with one line naming the first bad variable."""
+        try:
+            return cls()
+        except ValidationError as error:
+            prefix = f"{cls.program}: " if cls.program else ""
+            raise SystemExit(prefix + describe(error)) from None
+
     @property
     def servers(self) -> list[str]:
         return [url.strip() for url in (self.nats_url or "").split(",")]
+
+
+def describe(error: ValidationError) -> str:
+    """`TELEGRAM_CHAT_ID: field required`: the first error, named by its environment variable."""
+    first = error.errors()[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {message}" if where else message
 
 
 def redact_url(url: str) -> str:

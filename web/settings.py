@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from streams.connection import NatsSettings
@@ -54,13 +54,3 @@ class Settings(NatsSettings):
     @property
     def sqlite_path(self) -> Path | None:
         return Path(self.database_url.removeprefix("sqlite://")) if self.is_sqlite else None
-
-    @classmethod
-    def from_env(cls) -> Self:
-        """The settings, or SystemExit with one line naming the bad variable."""
-        try:
-            return cls()
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            name = error["loc"][0] if error["loc"] else "settings"
-            raise SystemExit(f"{name}: {error['msg']}") from None
