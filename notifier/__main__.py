@@ -11,8 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
+import nats.errors
 import structlog
+from nats.aio.client import Client
+from nats.js.errors import APIError
 
 from notifier.batching import Batcher
 from notifier.chats import ChatGate, ChatRoute
@@ -29,7 +34,13 @@ from streams.connection import connect
 from streams.logs import configure_logging, register_secret
 
 log = structlog.get_logger("notifier")
+T = TypeVar("T")
 CLOSE_TIMEOUT = 2.0
+TOPOLOGY_RETRY = 1.0
+
+
+class NoJetStreamError(RuntimeError):
+    """NOTIFIER_MODE=jetstream against a plain NATS server: a configuration error, not a transient one."""
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -39,7 +50,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     runner = await serve(
         make_app(lambda: worker is not None and worker.ready, metrics.registry), settings.notifier_port
     )
-    nc = await connect(settings, name="todo-notifier")
+    nc = await _until_stopped(connect(settings, name="todo-notifier"), stop)
+    if nc is None:
+        await runner.cleanup()
+        return
     try:
         await sink.start()
         gate = ChatGate()
@@ -49,8 +63,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             await worker.run(stop)
             return
         js = nc.jetstream()
-        for action in await topology.bootstrap(js, settings.nats_stream_replicas):
-            log.info("topology", action=str(action))
+        if not await _until_stopped(_ensure_topology(nc, settings), stop):
+            return
         state = await js.key_value(subjects.STATE_BUCKET)
         route = ChatRoute(settings.telegram_chat_id or 0, state)
         await route.load()
@@ -99,6 +113,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             probe_interval=settings.notifier_probe_interval,
             batcher=batcher,
             max_events_per_message=settings.notifier_max_events_per_message,
+            stream_replicas=settings.nats_stream_replicas,
         )
         background = [asyncio.create_task(route.refresh_forever()), asyncio.create_task(pacer.follow())]
         try:
@@ -117,6 +132,39 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         log.info("notifier.stopped")
 
 
+async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """The result of `work`, or None when SIGTERM came first (NATS may never answer)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _ensure_topology(nc: Client, settings: Settings) -> bool:
+    """Create or check the stream, consumer and KV buckets, retrying while JetStream is not ready yet."""
+    if not nc._server_info.get("jetstream", False):  # noqa: SLF001 (the server's INFO, kept private by nats-py)
+        raise NoJetStreamError(
+            "notifier: the NATS server has no JetStream; enable it (nats-server -js) or set NOTIFIER_MODE=core"
+        )
+    while True:
+        try:
+            actions = await topology.bootstrap(nc.jetstream(), settings.nats_stream_replicas)
+        except (APIError, nats.errors.Error, TimeoutError) as error:
+            # JetStream enabled but not answering yet: a cluster electing its leader, a server starting
+            log.warning("topology.not_ready", error=str(error) or type(error).__name__, retry_in=TOPOLOGY_RETRY)
+            await asyncio.sleep(TOPOLOGY_RETRY)
+            continue
+        for action in actions:
+            log.info("topology", action=str(action))
+        return True
+
+
 async def _main(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,9 +181,13 @@ def main() -> None:
     try:
         import uvloop  # noqa: PLC0415 (optional speed-up: libuv event loop, ~1.5x events/s)
     except ImportError:
-        asyncio.run(_main(settings))
+        runner = asyncio.run
     else:
-        uvloop.run(_main(settings))
+        runner = uvloop.run
+    try:
+        runner(_main(settings))
+    except NoJetStreamError as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

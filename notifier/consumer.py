@@ -59,8 +59,11 @@ class JetStreamConsumer:
         probe_interval: float,
         batcher: Batcher | None = None,
         max_events_per_message: int = 1,
+        stream_replicas: int = 1,
     ) -> None:
         self._nc, self._js, self._processor, self._sink = nc, js, processor, sink
+        # a lost consumer is recreated with the topology's own settings (never scaling the stream down)
+        self._stream_replicas = stream_replicas
         self._route, self._pause, self._metrics = route, pause, metrics
         self._probe_interval = probe_interval
         self._slots = asyncio.Semaphore(concurrency)
@@ -110,7 +113,7 @@ class JetStreamConsumer:
 
     async def _bind(self, stop: asyncio.Event) -> None:
         try:
-            await topology.bootstrap(self._js)
+            await topology.bootstrap(self._js, self._stream_replicas)
             self._psub = await self._js.pull_subscribe_bind(durable=subjects.CONSUMER, stream=subjects.STREAM)
             info = await self._js.consumer_info(subjects.STREAM, subjects.CONSUMER)
             self._processor.max_deliver = info.config.max_deliver or 0

@@ -127,5 +127,9 @@ async def connect(  # noqa: PLR0913 - keyword-only options of one call
         closed_cb=closed,
         **options,
     )
+    if any(url.startswith("tls://") for url in settings.servers) and not nc._server_info.get("tls_required"):  # noqa: SLF001
+        # nats-py upgrades only when the server demands TLS: never send credentials in the clear to a tls:// URL
+        await nc.close()
+        raise ConnectionError("NATS_URL says tls:// but the server did not negotiate TLS")
     log.info("nats.connected", servers=[redact_url(url) for url in settings.servers], name=name)
     return nc

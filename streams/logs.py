@@ -78,7 +78,11 @@ def configure_logging(level: str = "info", fmt: LogFormat | None = None) -> None
             structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
         )
     else:
-        renderer = structlog.dev.ConsoleRenderer()
+        # rich's traceback panel shows frame locals by default, cut to 80 characters: a cut token
+        # would slip past redaction, so no locals in console tracebacks either
+        renderer = structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -34,5 +34,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
 
+        # series exist from the start, so dashboards and alerts see 0 rather than nothing
+        for mode in ("jetstream", "core"):
+            self.published.labels(mode)
+        for reason in ("ConnectionError", "TimeoutError", "NoStreamError", "JetStreamUnavailableError"):
+            self.publish_failures.labels(reason)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

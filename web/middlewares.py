@@ -59,6 +59,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a problem document: 4xx for the caller's mistakes, 503 for outages, 500 for bugs."""
     try:
+        if request.can_read_body:
+            # read (and cache) the body before the deadline starts: a slow client is not a database outage
+            await request.read()
         async with asyncio.timeout(DEADLINE):
             return await handler(request)
     except InvalidBodyError as exc:

@@ -1,10 +1,11 @@
 """Publishing outbox rows: pipelined JetStream publishes, or core publishes on a server without JetStream.
 
 JetStream stores messages in the order one connection sends them, so a batch is sent without
-waiting and the acks are collected afterwards; what counts is the acked prefix. A server that
-has never answered the JetStream API, for `FALLBACK_AFTER` seconds, is taken for a plain NATS
-(one that answered before is restarting, and events wait for it): events then go out as core
-publishes, said once in the log, and JetStream is looked for again every `RECHECK_INTERVAL`.
+waiting and the acks are collected afterwards; what counts is the acked prefix. Only a server
+whose INFO says it has no JetStream at all (a plain NATS, as in the course setup) gets core
+publishes, said once in the log; JetStream is looked for again every `RECHECK_INTERVAL`. A
+server that has JetStream but does not answer its API (restarting, a cluster electing a leader)
+is waited for: core publishes there would be acked by nobody and lost to the stream.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from web.models import OutboxEvent
 log = structlog.get_logger(__name__)
 
 ACK_TIMEOUT = 3
-FALLBACK_AFTER = 2.0
 RECHECK_INTERVAL = 30.0
 
 
@@ -33,7 +33,7 @@ class NoStreamError(RuntimeError):
 
 
 class JetStreamUnavailableError(RuntimeError):
-    """No JetStream answers (yet): retried until FALLBACK_AFTER says it is a plain NATS server."""
+    """The server has JetStream but its API does not answer (yet): retried with backoff."""
 
 
 class Publisher:
@@ -41,9 +41,7 @@ class Publisher:
         self.nc = nc
         self.js = nc.jetstream()
         self.core_mode = False
-        self._missing_since: float | None = None
         self._checked_at = 0.0
-        self._seen_jetstream = False
         # the connection's reconnect count when JetStream last answered
         self._verified_at: int | None = None
 
@@ -103,22 +101,23 @@ class Publisher:
             return 0, exc
         return len(events), None
 
+    def _server_offers_jetstream(self) -> bool:
+        # the server's INFO says whether JetStream is enabled (nats-py keeps it in a private field)
+        info = getattr(self.nc, "_server_info", None) or {}
+        return bool(info.get("jetstream", False))
+
     async def _check(self) -> bool:
-        """Whether JetStream answers; switches between JetStream and core publishes as the answer persists."""
-        self._checked_at = now = time.monotonic()
+        """Whether JetStream answers; switches to core publishes only on a server without JetStream."""
+        self._checked_at = time.monotonic()
         try:
             await self.js.account_info()
         except (ServiceUnavailableError, NoRespondersError, NoStreamResponseError):
-            self._missing_since = self._missing_since or now
-            # a server that had JetStream and has none now is restarting, not a plain NATS
-            if not self.core_mode and not self._seen_jetstream and now - self._missing_since >= FALLBACK_AFTER:
+            if not self.core_mode and not self._server_offers_jetstream():
                 log.warning(
                     "relay.core_fallback", reason="the NATS server has no JetStream: events go out as core publishes"
                 )
                 self.core_mode = True
             return False
-        self._missing_since = None
-        self._seen_jetstream = True
         if self.core_mode:
             log.info("relay.jetstream_found", reason="JetStream answers again: events go to the stream")
             self.core_mode = False

@@ -99,7 +99,9 @@ def parse_body(model: type[M], body: bytes) -> M:
     """The body as `model`, or InvalidBodyError saying what is wrong."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise InvalidBodyError("body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise InvalidBodyError(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidBodyError(f"body must be a JSON object, not {type(data).__name__}")

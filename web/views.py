@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 
 from aiohttp import web
@@ -17,11 +18,15 @@ from web.schemas import TodoCreate, TodoUpdate, parse_body
 READY_TIMEOUT = 2.0
 
 
+# only the canonical 8-4-4-4-12 form: uuid.UUID() would also take braces, urn:uuid: or no dashes
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _todo_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError:
-        raise TodoNotFoundError(request.match_info["id"]) from None
+    given = request.match_info["id"]
+    if not _UUID.fullmatch(given):
+        raise TodoNotFoundError(given)
+    return uuid.UUID(given)
 
 
 def _answer(todo: payload.Todo, status: int = 200) -> web.Response:

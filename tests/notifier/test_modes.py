@@ -3,8 +3,10 @@
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import nats
@@ -13,6 +15,7 @@ import pytest
 from notifier.settings import Settings
 from streams.subjects import MSG_ID_HEADER, Change
 from tests.notifier.conftest import REPO, make_todo, wait_until
+from tests.services import free_port
 
 
 async def test_core_mode_two_replicas_each_event_sent_once(fake, core_nats_server, replicas):
@@ -83,3 +86,37 @@ def test_settings_accept_channel_names_and_the_log_sink(monkeypatch):
     monkeypatch.delenv("TELEGRAM_CHAT_ID")
     monkeypatch.setenv("NOTIFIER_SINK", "log")
     assert Settings.from_env().notifier_sink == "log"
+
+
+def test_jetstream_mode_on_a_plain_nats_says_what_to_do(core_nats_server):
+    """The default mode against a NATS without JetStream: one line naming the fix, not a traceback."""
+    result = run_notifier(
+        {"NATS_URL": core_nats_server.url, "NOTIFIER_SINK": "log", "NOTIFIER_PORT": "0", "LOG_LEVEL": "error"}
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "NOTIFIER_MODE=core" in result.stderr.strip().splitlines()[-1]
+
+
+def test_sigterm_while_nats_is_unreachable_exits_0_at_once():
+    """A replica still waiting for its first NATS connection stops on SIGTERM instead of retrying forever."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("TELEGRAM_", "NOTIFIER_", "NATS_"))}
+    env = clean | {"NATS_URL": f"nats://127.0.0.1:{free_port()}", "NOTIFIER_SINK": "log", "NOTIFIER_PORT": "0"}
+    replica = subprocess.Popen(
+        [sys.executable, "-m", "notifier"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        assert replica.stderr is not None
+        while b"nats.error" not in replica.stderr.readline():  # it is trying to connect
+            assert time.monotonic() < deadline
+        started = time.monotonic()
+        replica.send_signal(signal.SIGTERM)
+        assert replica.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if replica.poll() is None:
+            replica.kill()
+            replica.wait()
+        if replica.stderr is not None:
+            replica.stderr.close()

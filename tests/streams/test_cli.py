@@ -63,3 +63,11 @@ def test_unreachable_nats_is_one_clear_line() -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tls_url_to_a_server_without_tls_is_refused(nats_server: NatsServer) -> None:
+    """A tls:// NATS_URL never falls back to plain text (credentials would travel in the clear)."""
+    result = streams("status", nats_url=f"tls://127.0.0.1:{nats_server.port}")
+
+    assert result.returncode != 0
+    assert "did not negotiate TLS" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -126,6 +127,16 @@ async def test_unknown_or_malformed_id_is_404(api: Client, todo_id: str) -> None
     await assert_problem(await api.delete(f"/api/todos/{todo_id}"), 404)
 
 
+async def test_only_the_canonical_uuid_form_finds_a_todo(api: Client) -> None:
+    """Braces, no dashes, urn:uuid: or misplaced dashes are not ids: 404, though uuid.UUID() would take them."""
+    todo = await create(api)
+    same = uuid.UUID(todo["id"])
+    misplaced = todo["id"][:8] + todo["id"][9:13] + "-" + todo["id"][13:]
+    for spelling in (f"{{{same}}}", same.hex, f"urn:uuid:{same}", misplaced):
+        await assert_problem(await api.get(f"/api/todos/{spelling}"), 404)
+    assert (await api.get(f"/api/todos/{todo['id'].upper()}")).status == 200
+
+
 TOO_LONG = "a" * 141
 INVALID_CREATE = [
     (b"not json", "not valid JSON"),
@@ -147,6 +158,9 @@ INVALID_CREATE = [
     (json.dumps({"task": "\U0001f600" * 141}).encode(), "140"),
     (b'{"task": "nul \\u0000 inside"}', "task"),
     (b'{"task": "lone \\ud800 surrogate"}', "task"),
+    (b"[" * 60_000, "nested too deeply"),
+    (b'{"task": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
+    (b'{"task": "x", "done": ' + b"1" * 5_000 + b"}", "not valid JSON"),
 ]
 
 
@@ -247,3 +261,17 @@ async def test_metrics_expose_requests_latency_and_outbox(api: Client) -> None:
     for name in ("outbox_backlog", "outbox_published_total", "outbox_publish_failures_total",
                  "outbox_publish_latency_seconds_bucket"):  # fmt: skip
         assert f"# TYPE {name.removesuffix('_total').removesuffix('_bucket')}" in text
+
+
+async def test_a_slow_body_is_not_a_database_outage(api: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request deadline starts once the body is in: a client trickling its body gets 201, not 503."""
+    monkeypatch.setattr("web.middlewares.DEADLINE", 0.3)
+
+    async def trickle() -> Any:
+        for part in (b'{"task": ', b'"slow', b' client"}'):
+            yield part
+            await asyncio.sleep(0.3)
+
+    response = await api.post("/api/todos", data=trickle(), headers={"Content-Type": "application/json"})
+    assert response.status == 201, await response.text()
+    assert (await response.json())["task"] == "slow client"

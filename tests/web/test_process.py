@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -75,21 +76,46 @@ async def test_sqlite_default_serves_and_publishes(
     assert [event.payload for event in events] == [created, updated]
 
 
-def test_bad_setting_stops_with_one_line(tmp_path: Path) -> None:
-    """A malformed setting stops the process at start with one line naming the variable."""
-    environment = {**os.environ, "PORT": "eighty", "DATABASE_URL": f"sqlite://{tmp_path}/x.sqlite3"}
-    result = subprocess.run(
+def run_web(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("NATS_", "DATABASE_"))}
+    return subprocess.run(
         [sys.executable, "-m", "web"],
         cwd=ROOT,
-        env=environment,
+        env=clean | {"LOG_LEVEL": "critical"} | env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_bad_setting_stops_with_one_line(tmp_path: Path) -> None:
+    """A malformed setting stops the process at start with one line naming the variable."""
+    result = run_web(PORT="eighty", DATABASE_URL=f"sqlite://{tmp_path}/x.sqlite3")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("PORT:")
+
+
+def test_unreachable_database_at_start_is_one_line_without_the_password() -> None:
+    """A PostgreSQL that does not answer at start: one line naming it, password hidden, no traceback."""
+    result = run_web(DATABASE_URL=f"postgres://todo:s3cret@127.0.0.1:{free_port()}/todos", PORT=str(free_port()))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "not reachable" in lines[0]
+    assert "s3cret" not in result.stderr
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """Another process on PORT: one line saying so."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_web(HOST="127.0.0.1", PORT=str(port), DATABASE_URL=f"sqlite://{tmp_path}/x.sqlite3")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [f"web: cannot listen on 127.0.0.1:{port}: address already in use"]
 
 
 async def test_sigterm_finishes_in_flight_requests_and_exits_0(
