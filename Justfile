@@ -46,3 +46,11 @@ fmt:
 # the whole suite (lint included); starts its own nats-server and PostgreSQL
 test *ARGS: lint
     {{python}} -m pytest -q -p no:cacheprovider {{ARGS}}
+
+# every fault scenario at 1,000 changes against the real processes; prints the table (bench/results/chaos.json)
+chaos *ARGS:
+    {{python}} bench/chaos.py {{ARGS}}
+
+# throughput, latency and memory measured on this machine; prints the table (bench/results/bench.json, bench.png)
+bench *ARGS:
+    {{python}} bench/bench.py {{ARGS}}

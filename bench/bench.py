@@ -1,0 +1,415 @@
+"""`just bench`: how fast the system is, measured in one run on this machine; prints one table.
+
+1. POST /api/todos at 32 concurrent clients (PostgreSQL, relay on) next to the same INSERTs (todo row +
+   outbox row, one transaction) done by asyncpg alone at the same concurrency;
+2. end-to-end latency from the POST's answer to the fake Telegram receiving the message, at 100 changes/s
+   (load client and fake in this process: one monotonic clock);
+3. notifier throughput for 1, 2 and 3 replicas: N events published straight to JetStream, time from the
+   first publish to the last message received by a fake that answers at once;
+4. peak RSS of the API and of one notifier during that load.
+
+Writes bench/results/bench.json and bench/results/bench.png. Usage: python bench/bench.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+import asyncpg  # type: ignore[import-untyped]  # noqa: E402
+import nats  # noqa: E402
+import psutil  # type: ignore[import-untyped]  # noqa: E402
+
+from streams import subjects, topology  # noqa: E402
+from streams.payload import format_timestamp  # noqa: E402
+from tests.fake_telegram import FakeTelegram  # noqa: E402
+from tests.processes import Proc, RssSampler, ready_all, start_notifier, start_web, stop_all  # noqa: E402
+from tests.services import NatsServer, Postgres  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+CHAT_ID = -1001234567890
+CONCURRENCY = 32
+# the fake answers at once and enforces no limit: the notifiers must not pace themselves to Telegram's
+UNPACED = {"TELEGRAM_CHAT_RATE": "off", "TELEGRAM_GROUP_RATE": "off"}
+TODO_ID = re.compile(r'&quot;id&quot;: &quot;([0-9a-f-]{36})&quot;|"id": "([0-9a-f-]{36})"')
+
+
+@dataclass
+class Config:
+    post_seconds: float = 8.0
+    e2e_rate: float = 100.0
+    e2e_seconds: float = 6.0
+    notifier_events: int = 3000
+    replicas: tuple[int, ...] = (1, 2, 3)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": percentile(values, 0.5) * 1000, "p99_ms": percentile(values, 0.99) * 1000}
+
+
+async def _closed_loop(seconds: float, one: Any) -> dict[str, Any]:
+    """CONCURRENCY workers calling `one()` back to back for `seconds`: rate and latency."""
+    latencies: list[float] = []
+    stop_at = time.monotonic() + seconds
+
+    async def worker() -> None:
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            await one()
+            latencies.append(time.monotonic() - started)
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    elapsed = time.monotonic() - started
+    return {"requests": len(latencies), "per_s": len(latencies) / elapsed, **_ms(latencies)}
+
+
+async def bench_post(web: Proc, seconds: float) -> dict[str, Any]:
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        count = 0
+
+        async def post() -> None:
+            nonlocal count
+            count += 1
+            async with session.post(f"{web.url}/api/todos", json={"task": f"bench {count}"}) as response:
+                assert response.status == 201, await response.text()
+                await response.read()
+
+        await _closed_loop(1.0, post)  # warm up: connections, pool, caches
+        return await _closed_loop(seconds, post)
+
+
+async def bench_sql(database_url: str, seconds: float) -> dict[str, Any]:
+    """What one POST writes, in one transaction, straight through asyncpg."""
+    pool = await asyncpg.create_pool(database_url, min_size=CONCURRENCY, max_size=CONCURRENCY)
+    try:
+
+        async def insert() -> None:
+            at = datetime.now(UTC)
+            todo_id = uuid.uuid4()
+            payload = json.dumps(
+                {
+                    "id": str(todo_id),
+                    "userId": None,
+                    "task": "sql",
+                    "done": False,
+                    "createdAt": format_timestamp(at),
+                    "updatedAt": format_timestamp(at),
+                }
+            )
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.execute(
+                    "INSERT INTO todos (id, user_id, task, done, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6)",
+                    *(todo_id, None, "sql", False, at, at),
+                )
+                await connection.execute(
+                    "INSERT INTO outbox (event_id, subject, payload, created_at) VALUES ($1,$2,$3,$4)",
+                    uuid.uuid4(),
+                    subjects.Change.CREATED.subject,
+                    payload.encode(),
+                    at,
+                )
+
+        await _closed_loop(1.0, insert)
+        result = await _closed_loop(seconds, insert)
+        await pool.execute('DELETE FROM outbox WHERE payload LIKE \'%"task": "sql"%\'')
+        return result
+    finally:
+        await pool.close()
+
+
+async def bench_e2e(web: Proc, fake: FakeTelegram, nc: Any, rate: float, seconds: float) -> dict[str, Any]:
+    """POST at a steady rate; for each, time from its answer to the fake receiving its message.
+
+    A core NATS subscriber in this process also notes when each event was published, which splits
+    the figure into answer -> NATS (the outbox relay) and NATS -> Telegram (the notifier).
+    """
+    answered: dict[str, float] = {}
+    published: dict[str, float] = {}
+    total = int(rate * seconds)
+
+    async def on_event(msg: Any) -> None:
+        published.setdefault(json.loads(msg.data)["id"], time.monotonic())
+
+    subscription = await nc.subscribe(subjects.SUBJECTS, cb=on_event)
+    async with aiohttp.ClientSession() as session:
+
+        async def post(n: int) -> None:
+            async with session.post(f"{web.url}/api/todos", json={"task": f"e2e {n}"}) as response:
+                body = await response.json()
+                answered[body["id"]] = time.monotonic()
+
+        started = time.monotonic()
+        tasks = []
+        for n in range(total):
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(post(n)))
+        await asyncio.gather(*tasks)
+    received: dict[str, float] = {}
+    seen = 0
+    deadline = time.monotonic() + 30
+    while len(received) < total and time.monotonic() < deadline:
+        for message in fake.sent[seen:]:
+            for match in TODO_ID.finditer(message.text):
+                todo_id = match.group(1) or match.group(2)
+                if todo_id in answered:
+                    received.setdefault(todo_id, message.at)
+        seen = len(fake.sent)
+        await asyncio.sleep(0.1)
+    await subscription.unsubscribe()
+    latencies = [received[todo_id] - answered[todo_id] for todo_id in received]
+    relayed = [published[todo_id] - answered[todo_id] for todo_id in answered if todo_id in published]
+    notified = [received[todo_id] - published[todo_id] for todo_id in received if todo_id in published]
+    return {
+        "changes": total,
+        "delivered": len(received),
+        "rate": rate,
+        **_ms(latencies),
+        "before_answer": sum(1 for value in latencies if value < 0),
+        "answer_to_nats": _ms(relayed),
+        "nats_to_telegram": _ms(notified),
+    }
+
+
+async def bench_notifiers(
+    js: Any, fake: FakeTelegram, nats_url: str, *, replicas: int, events: int, work: Path
+) -> tuple[dict[str, Any], int]:
+    """Start `replicas` notifiers, publish `events` to JetStream, time until the fake got them all."""
+    await js.purge_stream(subjects.STREAM)
+    fake.sent.clear()
+    procs = [
+        start_notifier(
+            nats_url=nats_url,
+            telegram_base_url=fake.base_url,
+            token=fake.token,
+            chat_id=CHAT_ID,
+            log_dir=work,
+            name=f"notifier-{replicas}-{i}",
+            env={**UNPACED, "LOG_LEVEL": "warning"},
+        )
+        for i in range(replicas)
+    ]
+    await ready_all(procs)
+    with RssSampler({proc.name: proc for proc in procs}) as rss:
+        now = format_timestamp(datetime.now(UTC))
+        started = time.monotonic()
+        acks = []
+        for n in range(events):
+            todo = {
+                "id": str(uuid.uuid4()),
+                "userId": None,
+                "task": f"event {n}",
+                "done": False,
+                "createdAt": now,
+                "updatedAt": now,
+            }
+            acks.append(
+                await js.publish_async(
+                    subjects.Change.CREATED.subject,
+                    json.dumps(todo).encode(),
+                    headers={subjects.MSG_ID_HEADER: str(uuid.uuid4())},
+                )
+            )
+        await asyncio.gather(*acks)
+        deadline, delivered, seen = time.monotonic() + 120, 0, 0
+        while delivered < events and time.monotonic() < deadline:
+            # a message may carry several events (grouping): count the payload blocks
+            delivered += sum(message.text.count("<pre><code") for message in fake.sent[seen:])
+            seen = len(fake.sent)
+            await asyncio.sleep(0.01)
+        elapsed = (fake.sent[-1].at if fake.sent else time.monotonic()) - started
+    await stop_all(procs)
+    result = {
+        "replicas": replicas,
+        "events": events,
+        "delivered": delivered,
+        "messages": len(fake.sent),
+        "seconds": elapsed,
+        "per_s": delivered / elapsed,
+    }
+    return result, max(rss.peak.values())
+
+
+@dataclass
+class Results:
+    machine: dict[str, Any]
+    post: dict[str, Any] = field(default_factory=dict)
+    sql: dict[str, Any] = field(default_factory=dict)
+    e2e: dict[str, Any] = field(default_factory=dict)
+    notifiers: list[dict[str, Any]] = field(default_factory=list)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": psutil.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "load_average": [round(value, 2) for value in psutil.getloadavg()],
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+async def run(config: Config) -> Results:
+    results = Results(machine())
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        with Postgres(work / "pg") as postgres, NatsServer(work / "nats") as nats_server:
+            database_url = postgres.create_database("bench")
+            nc = await nats.connect(nats_server.url)
+            js = nc.jetstream()
+            await topology.bootstrap(js, 1)
+            async with FakeTelegram() as fake:
+                web = start_web(
+                    database_url=database_url, nats_url=nats_server.url, log_dir=work, env={"LOG_LEVEL": "warning"}
+                )
+                await web.ready()
+                with RssSampler({"api": web}) as api_rss:
+                    print("POST /api/todos, 32 clients ...", flush=True)
+                    results.post = await bench_post(web, config.post_seconds)
+                    print("the same INSERTs with asyncpg alone ...", flush=True)
+                    results.sql = await bench_sql(database_url, config.post_seconds)
+                    await js.purge_stream(subjects.STREAM)
+                    print(f"end to end at {config.e2e_rate:.0f} changes/s ...", flush=True)
+                    notifier = start_notifier(
+                        nats_url=nats_server.url,
+                        telegram_base_url=fake.base_url,
+                        token=fake.token,
+                        chat_id=CHAT_ID,
+                        log_dir=work,
+                        name="notifier-e2e",
+                        env={**UNPACED, "LOG_LEVEL": "warning"},
+                    )
+                    await notifier.ready()
+                    results.e2e = await bench_e2e(web, fake, nc, config.e2e_rate, config.e2e_seconds)
+                    await notifier.stop()
+                results.rss_mb["api"] = api_rss.peak_mb("api")
+                await web.stop()
+                peak = 0
+                for replicas in config.replicas:
+                    print(f"notifier throughput, {replicas} replica(s) ...", flush=True)
+                    result, rss = await bench_notifiers(
+                        js, fake, nats_server.url, replicas=replicas, events=config.notifier_events, work=work
+                    )
+                    results.notifiers.append(result)
+                    peak = max(peak, rss)
+                results.rss_mb["notifier"] = peak / 2**20
+            await nc.close()
+    return results
+
+
+def table(results: Results) -> str:
+    post, sql, e2e = results.post, results.sql, results.e2e
+    rows = [
+        (
+            "POST /api/todos, 32 clients (PostgreSQL, relay on)",
+            f"{post['per_s']:.0f} req/s, p50 {post['p50_ms']:.1f} ms, p99 {post['p99_ms']:.1f} ms",
+        ),
+        (
+            "same INSERTs (todo + outbox, 1 transaction), asyncpg alone",
+            f"{sql['per_s']:.0f} tx/s, p50 {sql['p50_ms']:.1f} ms, p99 {sql['p99_ms']:.1f} ms",
+        ),
+        ("API rate / SQL-only rate", f"{post['per_s'] / sql['per_s']:.0%}"),
+        (
+            f"end to end, POST answer -> Telegram, at {e2e['rate']:.0f} changes/s",
+            f"p50 {e2e['p50_ms']:.1f} ms, p99 {e2e['p99_ms']:.1f} ms ({e2e['delivered']}/{e2e['changes']} delivered)",
+        ),
+        (
+            "  of which: answer -> event on NATS (outbox relay)",
+            f"p50 {e2e['answer_to_nats']['p50_ms']:.1f} ms, p99 {e2e['answer_to_nats']['p99_ms']:.1f} ms",
+        ),
+        (
+            "  of which: event on NATS -> Telegram (notifier)",
+            f"p50 {e2e['nats_to_telegram']['p50_ms']:.1f} ms, p99 {e2e['nats_to_telegram']['p99_ms']:.1f} ms",
+        ),
+        *[
+            (
+                f"notifier throughput, {n['replicas']} replica(s), fake answering at once",
+                f"{n['per_s']:.0f} events/s ({n['delivered']}/{n['events']} in {n['seconds']:.1f} s)",
+            )
+            for n in results.notifiers
+        ],
+        ("peak RSS, API (under the POST load)", f"{results.rss_mb['api']:.0f} MB"),
+        ("peak RSS, one notifier (under the throughput load)", f"{results.rss_mb['notifier']:.0f} MB"),
+    ]
+    lines = ["| measure | result |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows]]
+    m = results.machine
+    lines.append(
+        f"\n{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, {m['date']}, "
+        f"load average before the run {m['load_average']}"
+    )
+    return "\n".join(lines)
+
+
+def chart(results: Results, path: Path) -> None:
+    import matplotlib as mpl  # noqa: PLC0415
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    figure, (writes, latency, notify, memory) = plt.subplots(1, 4, figsize=(16, 4))
+    writes.bar(["API POST", "SQL only"], [results.post["per_s"], results.sql["per_s"]], color=["C0", "C7"])
+    writes.set_title("writes/s at 32 clients")
+    labels = ["POST p50", "POST p99", "e2e p50", "e2e p99"]
+    values = [results.post["p50_ms"], results.post["p99_ms"], results.e2e["p50_ms"], results.e2e["p99_ms"]]
+    latency.bar(labels, values, color=["C0", "C0", "C2", "C2"])
+    latency.set_title("latency (ms)")
+    notify.bar([str(n["replicas"]) for n in results.notifiers], [n["per_s"] for n in results.notifiers], color="C1")
+    notify.set_title("notifier events/s by replicas")
+    memory.bar(["API", "notifier"], [results.rss_mb["api"], results.rss_mb["notifier"]], color="C3")
+    memory.set_title("peak RSS (MB)")
+    figure.suptitle(f"todo-events bench, {results.machine['cores']} cores, {results.machine['date']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", module="platformdirs")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter phases (a smoke run, figures less stable)")
+    args = parser.parse_args()
+    config = Config(post_seconds=3, e2e_seconds=3, notifier_events=1000) if args.quick else Config()
+    results = asyncio.run(run(config))
+    print()
+    print(table(results))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench.json").write_text(json.dumps(results.__dict__, indent=2))
+    chart(results, RESULTS / "bench.png")
+    print(f"\nwrote {RESULTS / 'bench.json'} and {RESULTS / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()

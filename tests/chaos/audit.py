@@ -1,0 +1,193 @@
+"""After a scenario: what was committed, what the stream holds, what reached Telegram; what is missing or doubled.
+
+An event is identified by its content: (change, payload), the payload being the todo JSON the API
+answered (every change has a unique task text and every update a new updatedAt, so no two changes
+share a key). Unknown outcomes (answer lost) are settled from the final state of the database.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from streams import subjects
+from streams.subjects import Change
+from tests.chaos.load import Attempt, Ledger, Outcome
+from tests.chaos.system import Fault
+from tests.fake_telegram import Sent
+
+Key = tuple[str, str]
+_BLOCK = re.compile(r'<pre><code class="language-json">(.*?)</code></pre>', re.DOTALL)
+_CHANGE = re.compile(r"\b(created|updated|deleted)\b")
+MAX_DETAILS = 10
+
+
+def key(change: Change | str, payload: dict[str, Any]) -> Key:
+    return (Change(change).value, json.dumps(payload, sort_keys=True, ensure_ascii=False))
+
+
+@dataclass
+class StreamEvent:
+    seq: int
+    change: Change
+    payload: dict[str, Any]
+    msg_id: str
+
+    @property
+    def key(self) -> Key:
+        return key(self.change, self.payload)
+
+
+async def read_stream(js: JetStreamContext, stream: str = subjects.STREAM) -> list[StreamEvent]:
+    info = await js.stream_info(stream)
+    events = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(stream, seq)
+        assert msg.subject is not None
+        assert msg.data is not None
+        msg_id = (msg.headers or {}).get(subjects.MSG_ID_HEADER, "")
+        events.append(StreamEvent(seq, Change.from_subject(msg.subject), json.loads(msg.data), msg_id))
+    return events
+
+
+def delivered_events(sent: list[Sent]) -> list[tuple[Key, Sent]]:
+    """Every event block of every accepted message, with the change named by the line before it."""
+    found = []
+    for message in sent:
+        position = 0
+        for match in _BLOCK.finditer(message.text):
+            named = _CHANGE.findall(message.text[position : match.start()])
+            position = match.end()
+            payload = json.loads(html.unescape(match.group(1)))
+            found.append((key(named[-1] if named else "created", payload), message))
+    return found
+
+
+@dataclass
+class Audit:
+    committed: int = 0
+    unknown: int = 0  # requests whose answer was lost
+    unknown_committed: int = 0  # ... and that the database shows committed
+    in_stream: int = 0
+    messages: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    explained_duplicates: int = 0
+    stream_duplicates: int = 0
+    phantoms: int = 0
+    inconsistent: int = 0
+    details: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        if len(self.details) < MAX_DETAILS:
+            self.details.append(text)
+
+
+def _settle_unknown(attempt: Attempt, rows: dict[str, dict[str, Any]]) -> bool:
+    """Whether an attempt whose answer was lost committed: its todo was retired, so its final row tells."""
+    if attempt.change is Change.CREATED:
+        return any(row["task"] == attempt.task for row in rows.values())
+    if attempt.change is Change.UPDATED:
+        return rows.get(attempt.todo_id or "", {}).get("task") == attempt.task
+    return attempt.todo_id not in rows
+
+
+def _event_of(attempt: Attempt, stream: list[StreamEvent]) -> StreamEvent | None:
+    for event in stream:
+        if event.change is not attempt.change:
+            continue
+        if attempt.change is Change.DELETED and event.payload["id"] == attempt.todo_id:
+            return event
+        if attempt.change is not Change.DELETED and event.payload["task"] == attempt.task:
+            return event
+    return None
+
+
+def audit(  # noqa: C901, PLR0912
+    ledger: Ledger,
+    *,
+    rows: dict[str, dict[str, Any]],
+    stream: list[StreamEvent],
+    sent: list[Sent],
+    faults: list[Fault],
+    slow_ids: set[int],
+) -> Audit:
+    result = Audit(in_stream=len(stream), messages=len(sent))
+    expected: set[Key] = set()
+    for attempt in ledger.attempts:
+        if attempt.outcome is Outcome.COMMITTED:
+            assert attempt.answer is not None
+            expected.add(key(attempt.change, attempt.answer))
+            result.committed += 1
+        elif attempt.outcome is Outcome.UNKNOWN:
+            result.unknown += 1
+            if not _settle_unknown(attempt, rows):
+                continue
+            result.committed += 1
+            result.unknown_committed += 1
+            event = _event_of(attempt, stream)
+            if event is None:
+                result.lost += 1
+                result.note(f"LOST before the stream: unknown {attempt.change.value} {attempt.todo_id} committed")
+            else:
+                expected.add(event.key)
+    in_stream = Counter(event.key for event in stream)
+    result.stream_duplicates = sum(count - 1 for count in in_stream.values())
+    for change, payload in sorted(set(in_stream) - expected):
+        result.phantoms += 1
+        result.note(f"PHANTOM in the stream (no committed change): {change} {payload}")
+    deliveries = delivered_events(sent)
+    result.delivered = len(deliveries)
+    copies: dict[Key, list[Sent]] = defaultdict(list)
+    for event_key, message in deliveries:
+        copies[event_key].append(message)
+    for change, payload in sorted(expected - set(copies)):
+        result.lost += 1
+        where = "in the stream, never delivered" if (change, payload) in in_stream else "not in the stream"
+        result.note(f"LOST ({where}): {change} {payload}")
+    for event_key, messages in copies.items():
+        if event_key not in expected and event_key not in in_stream:
+            result.phantoms += 1
+            result.note(f"PHANTOM delivered (no committed change): {event_key}")
+        if len(messages) > 1:
+            result.duplicates += len(messages) - 1
+            first = messages[0]
+            if first.message_id in slow_ids or any(
+                f.explains_duplicates and f.start - 2 <= first.at <= f.end + 3 for f in faults
+            ):
+                result.explained_duplicates += len(messages) - 1
+            else:
+                when = ", ".join(f"{message.at - faults[-1].end:+.1f}s" for message in messages) if faults else ""
+                after = f", copies at {when} after the last fault ended" if when else ""
+                result.note(f"DUPLICATE x{len(messages)} with no fault near it{after}: {event_key}")
+    result.inconsistent = _check_state(rows, stream, result)
+    return result
+
+
+def _check_state(rows: dict[str, dict[str, Any]], stream: list[StreamEvent], result: Audit) -> int:
+    """Todos whose database row disagrees with their last event (half-written changes)."""
+    last: dict[str, StreamEvent] = {}
+    for stored in stream:
+        last[stored.payload["id"]] = stored
+    bad = 0
+    for todo_id in sorted(set(last) | set(rows)):
+        event, row = last.get(todo_id), rows.get(todo_id)
+        if event is None:
+            problem = "in the database without any event"
+        elif event.change is Change.DELETED:
+            problem = "deleted in the stream, still in the database" if row is not None else ""
+        elif row is None:
+            problem = f"gone from the database, last event {event.change.value}"
+        else:
+            problem = "" if row == event.payload else f"row {row} != last event {event.payload}"
+        if problem:
+            bad += 1
+            result.note(f"HALF-WRITTEN {todo_id}: {problem}")
+    return bad

@@ -1,0 +1,60 @@
+"""The fake Telegram with random faults: a share of 500s, bursts of 429s, and answers slower than the client waits.
+
+A slow answer is given after the message was accepted (as Telegram does when the network is slow):
+the client times out, retries, and the chat gets the message twice. Those messages are remembered
+in `slow_ids` so a duplicate can be traced back to its cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from tests.fake_telegram import FakeTelegram, TelegramError
+
+
+@dataclass
+class FaultyTelegram(FakeTelegram):
+    """FakeTelegram plus random faults per sendMessage, reproducible through `seed`."""
+
+    share_500: float = 0.0  # this share of sendMessage calls answers 500
+    burst_every: int = 0  # every Nth sendMessage starts a burst of `burst_size` 429s (retry_after)
+    burst_size: int = 0
+    share_slow: float = 0.0  # this share of accepted messages is answered only after `slow_delay`
+    slow_delay: float = 0.0
+    answer_delay: float = 0.0  # every sendMessage is accepted, then answered after this long
+    seed: int = 0
+    slow_ids: set[int] = field(default_factory=set)
+    injected: dict[str, int] = field(default_factory=lambda: {"500": 0, "429": 0, "slow": 0})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._rng = random.Random(self.seed)
+        self._calls = 0
+
+    def _refusal(self, chat_id: str, text: str) -> None:
+        self._calls += 1
+        if self.burst_every and self._calls % self.burst_every == 0:
+            self.fail_429 += self.burst_size
+        if self.fail_429 > 0:
+            self.injected["429"] += 1
+        elif self.share_500 and self._rng.random() < self.share_500:
+            self.injected["500"] += 1
+            raise TelegramError(500, "Internal Server Error")
+        super()._refusal(chat_id, text)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        response = await super()._handle(request)
+        if request.match_info["method"].lower() != "sendmessage" or response.status != 200:
+            return response
+        # the base handler returns right after recording, with no await in between: the last one is ours
+        if self.share_slow and self._rng.random() < self.share_slow:
+            self.injected["slow"] += 1
+            self.slow_ids.add(self.sent[-1].message_id)
+            await asyncio.sleep(self.slow_delay)
+        elif self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
+        return response

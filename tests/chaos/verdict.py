@@ -1,0 +1,28 @@
+"""What a scenario must show: the rules both `just chaos` and the test suite apply to a report."""
+
+from __future__ import annotations
+
+from tests.chaos.scenarios import Report, Scenario
+
+
+def problems(report: Report, scenario: Scenario) -> list[str]:
+    """Every broken rule, in words; empty when the scenario passed."""
+    a = report.audit
+    outage = scenario.name == "postgres"
+    unexplained = 0 if scenario.duplicates_allowed else a.duplicates - a.explained_duplicates
+    rules = [
+        (not report.settled, "the system did not settle (outbox or consumer still pending)"),
+        (a.lost, f"{a.lost} committed changes never reached Telegram"),
+        (a.phantoms, f"{a.phantoms} events for changes that were not committed"),
+        (a.stream_duplicates, f"{a.stream_duplicates} events stored twice in the stream"),
+        (a.inconsistent, f"{a.inconsistent} todos half-written (database and events disagree)"),
+        (report.outbox_left, f"{report.outbox_left} outbox rows left"),
+        (report.dead_letters, f"{report.dead_letters} dead letters"),
+        (report.server_errors, f"5xx answers other than 503: {report.server_errors}"),
+        (report.unexpected, f"unexpected answers: {report.unexpected[:5]}"),
+        (outage and not report.statuses.get(503), "no 503 seen while PostgreSQL was down"),
+        (not outage and report.statuses.get(503), "503 answers without a database outage"),
+        (unexplained, f"{unexplained} duplicates no fault explains"),
+        (a.committed < report.changes * 0.9, f"only {a.committed} of {report.changes} changes committed"),
+    ]
+    return [message for broken, message in rules if broken]
