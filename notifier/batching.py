@@ -5,7 +5,9 @@ sender. The sender waits for an event, reserves the chat's next slot from the Pa
 replica), waits for it, then takes as many queued events as fit one message (4096 characters after
 entity parsing, NOTIFIER_MAX_EVENTS_PER_MESSAGE events) and sends them. Under light load the slot is
 free and the queue holds one event: one message, at once. Events are checked against `todos_sent` as
-they arrive, recorded there and acked only after Telegram's ok. A failed message is handled as
+they arrive and again just before they leave (they may wait long enough for a NATS outage to hand
+them to another replica), recorded there and acked only after Telegram's ok; no send starts while
+NATS is away, since its outcome could not be recorded. A failed message is handled as
 notifier.policy decides, for all its events: WAIT keeps them queued behind a pause every replica
 respects, MIGRATE resends, SPLIT requeues them one per message (a poison event then dies alone);
 RETRY, PAUSE and DEAD_LETTER settle each event as the Processor does.
@@ -45,6 +47,7 @@ class Pending:
     deliveries: int
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     alone: bool = False  # split out of a message Telegram refused: goes in a message of its own
+    epoch: int = 0  # the NATS connection it was delivered on
 
 
 class Batcher:
@@ -90,7 +93,12 @@ class Batcher:
             if self._pause.active or self._closing:
                 await self._processor.settle(msg, Outcome(Decision.PAUSE, self._pause.reason or "stopping"), deliveries)
                 return
-            item = Pending(msg, event_id, event, deliveries)
+            item = Pending(msg, event_id, event, deliveries, epoch=self._processor.epoch)
+            for stale in [queued for queued in self._queue if queued.event_id == event_id]:
+                # a redelivery of an event still queued here (its keep-alives were lost while NATS was
+                # away): the new delivery replaces the old one, so the event is not sent twice
+                self._queue.remove(stale)
+                _finish(stale)
             self._queue.append(item)
             self._arrived.set()
             try:
@@ -120,8 +128,47 @@ class Batcher:
                 log.warning("pacing.failed", error=str(error) or type(error).__name__, retry_in=PACING_RETRY)
                 await asyncio.sleep(PACING_RETRY)
                 continue
+            if not self._processor.connected:
+                # neither the send could be recorded nor the events acked: wait for NATS, then take a new slot
+                await asyncio.sleep(PACING_RETRY)
+                continue
+            if not await self._drop_already_sent():
+                continue
             if self._queue and chat_id == self._route.current:
                 await self._send(chat_id, *self._take())
+
+    async def _drop_already_sent(self) -> bool:
+        """Check the events about to leave against `todos_sent` once more, just before the send.
+
+        An event can wait here for many seconds; if NATS went away meanwhile, its in_progress()
+        keep-alives were lost and JetStream may have handed it to another replica, which has sent it
+        since. Acks and drops those. False when the check itself failed (NATS trouble): try later.
+        """
+        epoch = self._processor.epoch
+        for stale in [item for item in self._queue if item.epoch != epoch]:
+            # delivered before NATS went away: its keep-alives may have been lost and JetStream may
+            # have handed it to another replica already. Let it go (no ack): JetStream redelivers it
+            # after the ack wait if nobody else has it, so it is late rather than sent twice.
+            self._queue.remove(stale)
+            log.info("event.released_after_reconnect", event_id=stale.event_id)
+            _finish(stale)
+        front = list(itertools.islice(self._queue, self._max_events))
+        try:
+            seen = await asyncio.gather(*(self._sent.contains(item.event_id) for item in front))
+        except Exception as error:
+            log.warning("sent_log.unreachable", error=str(error) or type(error).__name__, retry_in=PACING_RETRY)
+            await asyncio.sleep(PACING_RETRY)
+            return False
+        for item, already in zip(front, seen, strict=True):
+            if already and item in self._queue:
+                self._queue.remove(item)
+                self._metrics.duplicates.inc()
+                log.info("event.duplicate_suppressed", event_id=item.event_id, where="before send")
+                try:
+                    await item.msg.ack()
+                finally:
+                    _finish(item)
+        return True
 
     async def release_queued(self) -> None:
         """Stopping: give every queued event back to JetStream at once; a message under way finishes."""

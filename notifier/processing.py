@@ -118,6 +118,16 @@ class Processor:
         self.max_deliver = MAX_DELIVER
         self._debug = logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
 
+    @property
+    def connected(self) -> bool:
+        """Whether NATS is reachable now: a send is only started when its outcome can be recorded."""
+        return bool(self._nc.is_connected)
+
+    @property
+    def epoch(self) -> int:
+        """Which NATS connection this is (reconnects so far): deliveries taken before a reconnect may be stale."""
+        return int(self._nc.stats["reconnects"])
+
     async def handle(self, msg: Msg) -> None:
         meta = msg.metadata
         deliveries = meta.num_delivered or 1

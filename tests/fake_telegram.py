@@ -46,7 +46,9 @@ class ParseError(ValueError):
 
 def parse_html(text: str) -> str:
     """The text Telegram would show (tags removed, entities decoded); ParseError like Telegram's."""
-    visible, stack, pos = [], [], 0
+    visible: list[str] = []
+    stack: list[str] = []
+    pos = 0
     for match in _TOKEN.finditer(text):
         visible.append(text[pos : match.start()])
         pos = match.end()
