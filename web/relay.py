@@ -47,6 +47,7 @@ class Relay:
         self.metrics = metrics
         self.wakeup = wakeup
         self.stopped = asyncio.Event()
+        self._busy = False
 
     @property
     def publisher(self) -> Publisher:
@@ -61,8 +62,9 @@ class Relay:
         backoff = BACKOFF_START
         while True:
             woken = await self._pause(SWEEP_INTERVAL, self.wakeup)
-            if woken and not self.stopped.is_set():
-                # let commits arriving together share one batch: one query and one delete for many events
+            if woken and self._busy and not self.stopped.is_set():
+                # under load, let commits arriving together share one batch (one query and one delete for
+                # many events); a lone commit goes out at once, so a quiet API adds no delay
                 await asyncio.sleep(LINGER)
             self.wakeup.clear()
             if not self.broker.is_connected:
@@ -113,8 +115,11 @@ class Relay:
 
     async def flush(self) -> None:
         """Publish every pending row, batch after batch."""
-        while await self._relay_batch() == BATCH_SIZE:
-            pass
+        shipped = await self._relay_batch()
+        # more than one event in a batch: commits are arriving faster than they are relayed
+        self._busy = shipped > 1
+        while shipped == BATCH_SIZE:
+            shipped = await self._relay_batch()
 
     async def _relay_batch(self) -> int:
         if not self.broker.is_connected:
