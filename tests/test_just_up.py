@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ def _get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
             return int(answer.status)
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet (or, rarely, another server took the port)
         return 0
 
 

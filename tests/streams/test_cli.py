@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import uuid
 
+import nats
+
+from streams import subjects, topology
 from tests.services import NatsServer, free_port
 
 
@@ -71,3 +76,56 @@ def test_tls_url_to_a_server_without_tls_is_refused(nats_server: NatsServer) -> 
 
     assert result.returncode != 0
     assert "did not negotiate TLS" in result.stderr
+
+
+async def _dead_letter(url: str) -> str:
+    """Publish one event and terminate it with a reason, as a notifier does with a poison message."""
+    event_id = str(uuid.uuid4())
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await topology.bootstrap(js)
+        await js.publish("todos.created", b'{"task": "x"}', headers={subjects.MSG_ID_HEADER: event_id})
+        psub = await js.pull_subscribe_bind(durable=subjects.CONSUMER, stream=subjects.STREAM)
+        [msg] = await psub.fetch(1, timeout=5)
+        await nc.publish(msg.reply, b"+TERM Bad Request: can't parse entities")
+        await nc.flush()
+        for _ in range(100):  # the advisory lands in TODOS_DLQ
+            if (await js.stream_info(subjects.DLQ_STREAM)).state.messages:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    return event_id
+
+
+async def test_dlq_list_and_replay_as_an_operator_runs_them(nats_server: NatsServer) -> None:
+    """`dlq list` shows the reason and payload; `dlq replay ID` puts it back on todos.* once; unknown ids fail."""
+    event_id = await _dead_letter(nats_server.url)
+
+    listed = streams("dlq", "list", "--json", nats_url=nats_server.url)
+    assert listed.returncode == 0, listed.stderr
+    [letter] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert letter["event_id"] == event_id
+    assert letter["subject"] == "todos.created"
+    assert "can't parse entities" in letter["reason"]
+    assert letter["payload"] == {"task": "x"}
+
+    replayed = streams("dlq", "replay", str(letter["id"]), nats_url=nats_server.url)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "1 dead letter(s) replayed" in replayed.stdout
+    assert streams("dlq", "list", "--json", nats_url=nats_server.url).stdout == ""
+    missing = streams("dlq", "replay", "999", nats_url=nats_server.url)
+    assert missing.returncode == 1
+    assert "not found: 999" in missing.stderr
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        again = await js.get_msg(subjects.STREAM, (await js.stream_info(subjects.STREAM)).state.last_seq)
+    finally:
+        await nc.close()
+    assert again.subject == "todos.created"
+    assert again.headers is not None
+    assert again.headers[subjects.EVENT_ID_HEADER] == event_id
+    assert again.headers[subjects.MSG_ID_HEADER] != event_id
