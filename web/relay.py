@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -30,6 +31,7 @@ from web.models import OutboxEvent
 from web.publisher import NoStreamError, Publisher
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 BATCH_SIZE = 1000
 SWEEP_INTERVAL = 1.0
@@ -72,12 +74,12 @@ class Relay:
                 if self.stopped.is_set():
                     return
                 if not woken:
-                    await self._sample_backlog()
+                    await _isolated(self._sample_backlog())
                 continue
             try:
-                await self.flush()
+                await _isolated(self.flush())
                 if not woken:
-                    await self._sample_backlog()
+                    await _isolated(self._sample_backlog())
                 backoff = BACKOFF_START
             except Exception as exc:
                 self._failed(exc, backoff)
@@ -156,6 +158,16 @@ class Relay:
         self.metrics.published.labels(self.publisher.mode).inc(len(events))
         for event in events:
             self.metrics.publish_latency.observe(max(0.0, (at - event.created_at).total_seconds()))
+
+
+async def _isolated(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` in a task of its own, so its context variables die with it.
+
+    tortoise-orm sets the task's "current transaction" before BEGIN and never resets it when BEGIN
+    fails (a connection the server just dropped): every later query of that task would then go to
+    the dead transaction, and a long-lived relay would fail forever after one database outage.
+    """
+    return await asyncio.create_task(work)
 
 
 async def relay_ctx(app: web.Application) -> AsyncIterator[None]:

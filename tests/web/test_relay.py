@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import nats
 from aiohttp.test_utils import TestClient
+from tortoise.backends.asyncpg.client import TransactionWrapper
 
 from tests.services import NatsServer
 from tests.web.conftest import ClientFactory
@@ -93,3 +94,41 @@ async def test_replicas_sharing_a_database_keep_per_todo_order(
     assert updates == sorted(updates)
     assert len(set(updates)) == 40
     assert events[-1].payload == await (await second.get(f"/api/todos/{todo['id']}")).json()
+
+
+async def test_relay_recovers_when_begin_fails_on_a_dropped_connection(
+    api: Client, jetstream: NatsServer, database_url: str, monkeypatch: Any
+) -> None:
+    """A database connection dropped under the relay's BEGIN (an outage) does not stop the relay for good.
+
+    tortoise leaves its "current transaction" set in the task when BEGIN fails; the relay runs each
+    batch in a task of its own so that stale state dies with the batch.
+    """
+    original = TransactionWrapper.begin
+    dropped: list[bool] = []
+
+    async def begin_on_a_dropped_connection(self: Any) -> None:
+        if not dropped:
+            dropped.append(True)
+            self._connection.terminate()
+            raise ConnectionResetError("connection dropped by the server")
+        await original(self)
+
+    monkeypatch.setattr(TransactionWrapper, "begin", begin_on_a_dropped_connection)
+    # on PostgreSQL a POST is one statement, so the relay's batch is the first BEGIN
+    assert (await api.post("/api/todos", json={"task": "first"})).status == 201
+    await wait_for(lambda: _dropped(dropped), timeout=10)
+    for _ in range(3):
+        assert (await api.post("/api/todos", json={"task": "still relayed"})).status == 201
+
+    events = await wait_for_events(jetstream.url, 4, timeout=15)
+    assert sorted(event.payload["task"] for event in events) == ["first"] + ["still relayed"] * 3
+    await wait_for(lambda: _outbox_empty(database_url), timeout=10)
+
+
+async def _dropped(dropped: list[bool]) -> bool:
+    return bool(dropped)
+
+
+async def _outbox_empty(database_url: str) -> bool:
+    return await count_rows(database_url, "outbox") == 0
