@@ -18,6 +18,7 @@ up:
     mkdir -p var
     NATS_URL=nats://127.0.0.1:${NATS_PORT:-4222} \
     HOST=${HOST:-127.0.0.1} \
+    NOTIFIER_HOST=${NOTIFIER_HOST:-127.0.0.1} \
     DATABASE_URL=${DATABASE_URL:-sqlite://var/todos.sqlite3} \
     NOTIFIER_SINK=${NOTIFIER_SINK:-$( [ -n "${TELEGRAM_ACCESS_TOKEN:-}" ] && echo telegram || echo log )} \
     LOG_FORMAT=${LOG_FORMAT:-console} \

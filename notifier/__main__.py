@@ -48,7 +48,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     sink = make_sink(settings)
     worker: JetStreamConsumer | CoreSubscriber | None = None
     runner = await serve(
-        make_app(lambda: worker is not None and worker.ready, metrics.registry), settings.notifier_port
+        make_app(lambda: worker is not None and worker.ready, metrics.registry),
+        settings.notifier_host,
+        settings.notifier_port,
     )
     nc = await _until_stopped(connect(settings, name="todo-notifier"), stop)
     if nc is None:

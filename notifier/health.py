@@ -37,8 +37,8 @@ def make_app(ready: Callable[[], bool], registry: CollectorRegistry) -> web.Appl
     return app
 
 
-async def serve(app: web.Application, port: int) -> web.AppRunner:
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 (probes come from outside the pod)
+    await web.TCPSite(runner, host, port).start()
     return runner

@@ -62,6 +62,8 @@ class Settings(NatsSettings):
     # read timeout of one Bot API call; tests lower it to exercise TimedOut
     telegram_timeout: float = Field(default=10.0, gt=0, validation_alias="TELEGRAM_TIMEOUT")
     notifier_port: int = Field(default=8081, ge=0, le=65535, validation_alias="NOTIFIER_PORT")
+    # address of /healthz, /readyz and /metrics: every interface in a pod (probes come from the kubelet)
+    notifier_host: str = Field(default="0.0.0.0", validation_alias="NOTIFIER_HOST")  # noqa: S104
     notifier_sink: Literal["telegram", "log"] = Field(default="telegram", validation_alias="NOTIFIER_SINK")
     notifier_mode: Literal["jetstream", "core"] = Field(default="jetstream", validation_alias="NOTIFIER_MODE")
     # events sent at the same time by one replica

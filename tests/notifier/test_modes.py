@@ -11,7 +11,9 @@ import uuid
 
 import nats
 import pytest
+from prometheus_client import CollectorRegistry
 
+from notifier.health import make_app, serve
 from notifier.settings import Settings
 from streams.subjects import MSG_ID_HEADER, Change
 from tests.notifier.conftest import REPO, make_todo, wait_until
@@ -120,3 +122,19 @@ def test_sigterm_while_nats_is_unreachable_exits_0_at_once():
             replica.wait()
         if replica.stderr is not None:
             replica.stderr.close()
+
+
+async def test_health_port_listens_on_notifier_host_only(monkeypatch):
+    """NOTIFIER_HOST=127.0.0.1 (as `just up` sets it) keeps /healthz off the other interfaces."""
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("NOTIFIER_SINK", "log")
+    monkeypatch.setenv("NOTIFIER_HOST", "127.0.0.1")
+    settings = Settings.from_env()
+    port = free_port()
+    runner = await serve(make_app(lambda: True, CollectorRegistry()), settings.notifier_host, port)
+    try:
+        sockets = [site._server.sockets for site in runner.sites]
+        bound = {sock.getsockname()[0] for group in sockets for sock in group}
+    finally:
+        await runner.cleanup()
+    assert bound == {"127.0.0.1"}
