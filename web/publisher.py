@@ -19,6 +19,7 @@ from nats.errors import NoRespondersError
 from nats.js.api import PubAck
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
+from streams.connection import server_info
 from streams.subjects import MSG_ID_HEADER
 from web.models import OutboxEvent
 
@@ -102,9 +103,7 @@ class Publisher:
         return len(events), None
 
     def _server_offers_jetstream(self) -> bool:
-        # the server's INFO says whether JetStream is enabled (nats-py keeps it in a private field)
-        info = getattr(self.nc, "_server_info", None) or {}
-        return bool(info.get("jetstream", False))
+        return bool(server_info(self.nc).get("jetstream", False))
 
     async def _check(self) -> bool:
         """Whether JetStream answers; switches to core publishes only on a server without JetStream."""

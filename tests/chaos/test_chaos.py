@@ -10,8 +10,6 @@ them (a message accepted by Telegram whose answer nobody read); scenario reports
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from tests.chaos.scenarios import BY_NAME, Report, run, table
 from tests.chaos.verdict import problems
-from tests.services import Postgres
+from tests.services import Postgres, throwaway_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -29,18 +27,9 @@ RATE = 50.0  # changes per second: the faults land while the load runs
 
 @pytest.fixture(scope="module")
 def chaos_postgres() -> Iterator[Postgres]:
-    """A PostgreSQL server of this module's own: one scenario stops and restarts it.
-
-    Its data lives outside pytest's temp root (as the session's in conftest): another pytest run
-    starting resets that root to mode 0700, and the server may run as another user, so a restart
-    would fail.
-    """
-    root = Path(tempfile.mkdtemp(prefix="todo-events-chaos-pg-"))
-    try:
-        with Postgres(root / "data") as server:
-            yield server
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    """A PostgreSQL server of this module's own: one scenario stops and restarts it."""
+    with throwaway_postgres("todo-events-chaos-pg-") as server:
+        yield server
 
 
 async def _run(name: str, postgres: Postgres, workdir: Path) -> Report:

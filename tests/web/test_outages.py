@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.services import NatsServer, Postgres
+from tests.services import NatsServer, Postgres, throwaway_postgres
 from tests.web.conftest import ClientFactory, bootstrap_streams
 from tests.web.helpers import stream_events, wait_for, wait_for_events
 
@@ -75,12 +74,8 @@ async def test_nats_outage_loses_nothing_and_keeps_order(api: Client, jetstream:
 
 @pytest.fixture
 def own_postgres() -> Iterator[Postgres]:
-    """A PostgreSQL server of this test alone, to stop and start.
-
-    Its data lives outside pytest's basetemp: another pytest run starting meanwhile makes that
-    directory private again (0700), and the server, running as another user, could not restart.
-    """
-    with tempfile.TemporaryDirectory(prefix="todo-web-pg-") as directory, Postgres(Path(directory) / "pg") as server:
+    """A PostgreSQL server of this test alone, to stop and start."""
+    with throwaway_postgres("todo-web-pg-") as server:
         yield server
 
 
