@@ -17,13 +17,10 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from notifier.settings import ChatId
+from streams.subjects import migration_key
 
 log = structlog.get_logger(__name__)
 REFRESH_INTERVAL = 10.0
-
-
-def migration_key(chat_id: ChatId) -> str:
-    return f"chat.{str(chat_id).lstrip('@')}.migrated_to"
 
 
 class ChatRoute:

@@ -1,8 +1,7 @@
 """Telegram messages for events: a line naming the change, then the payload as escaped JSON.
 
-`render_events` takes several events so that a busy chat gets them grouped under a summary line, and
-`render_fitting` finds how many of a chat's queued events fit one message; `parse_message` is the
-inverse (tests use it). Telegram counts its 4096-character limit after
+`render_fitting` renders as many of a chat's queued events as fit one message (one as is, several
+under a summary line); `parse_message` is the inverse. Telegram counts its 4096-character limit after
 entity parsing, in UTF-16 code units, so lengths here are measured that way on the unescaped text.
 """
 
@@ -29,6 +28,8 @@ _CLOSE = "</code></pre>"
 _BLOCK = re.compile(re.escape(_OPEN) + r"(.*?)" + re.escape(_CLOSE), re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
 TRUNCATED_NOTE = "(payload too long for Telegram: truncated)"
+# an event whose earlier send got no answer (a replica died, a timeout): Telegram may have shown it already
+MAY_REPEAT_NOTE = "↻ may repeat a message whose answer was lost"
 
 
 class MalformedEventError(ValueError):
@@ -41,6 +42,7 @@ class Event:
 
     change: Change
     payload: dict[str, Any]
+    may_repeat: bool = False
 
     @classmethod
     def from_message(cls, subject: str, data: bytes) -> Event:
@@ -75,7 +77,7 @@ def _block(raw_json: str) -> str:
 
 def render_event(event: Event, budget: int = MAX_LENGTH) -> str:
     """One event in at most `budget` characters: indented JSON, else compact, else truncated with a note."""
-    headline = HEADLINES[event.change]
+    headline = HEADLINES[event.change] + (f"\n{MAY_REPEAT_NOTE}" if event.may_repeat else "")
     for raw in (
         json.dumps(event.payload, indent=2, ensure_ascii=False),
         json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False),
@@ -101,20 +103,11 @@ def summary(events: list[Event]) -> str:
     return f"{len(events)} changes: {', '.join(parts)}"
 
 
-def render_events(events: list[Event]) -> str:
-    """One message for the events: a single event as is, several under a summary line."""
-    if not events:
-        raise ValueError("no events to render")
-    if len(events) == 1:
-        return render_event(events[0])
-    text = html.escape(summary(events)) + "\n\n" + "\n\n".join(render_event(event) for event in events)
-    if not fits(text):
-        raise ValueError("events do not fit in one message; group fewer")
-    return text
-
-
 def render_fitting(events: Sequence[Event], limit: int) -> tuple[int, str]:
-    """The longest run of events from the start that fits one message (at least 1, at most `limit`)."""
+    """The longest run of events from the start that fits one message (at least 1, at most `limit`).
+
+    One event is rendered as is; several share the message under a summary line.
+    """
     blocks = [render_event(events[0])]
     count, text = 1, blocks[0]
     for event in events[1 : max(1, limit)]:

@@ -31,21 +31,19 @@ from nats.js.kv import KeyValue
 
 from notifier.chats import ChatGate
 from notifier.settings import ChatId, Rate
+from streams.subjects import PACE_KEYS, chat_of_pace_key, pace_key
 
 log = structlog.get_logger(__name__)
 SLOT_MARGIN = 0.05
+# Sanity bounds on the shared pace state, so that a corrupt KV value or a replica with a bad clock cannot stop
+# a chat (PaceState._repaired). Telegram's retry_after for sendMessage is seconds to minutes.
+MAX_PAUSE = 3600.0  # a pause further ahead is not believed: paused_until is reset to 0
+MAX_AHEAD = 3600.0  # nor a slot further ahead than this past the pause: a backlog of 1,200 messages at 20/min
+CLOCK_TOLERANCE = 1.0  # the least lead of another replica's clock taken for a bad clock (for tiny periods)
+_INFINITY = float("inf")
 CAS_ATTEMPTS = 50
 WATCH_RETRY = 1.0
 _NUMERIC = re.compile(r"-?\d+")
-
-
-def pace_key(chat_id: ChatId) -> str:
-    return f"chat.{str(chat_id).lstrip('@')}.pace"
-
-
-def chat_of_key(key: str) -> ChatId:
-    name = key.split(".")[1]
-    return int(name) if _NUMERIC.fullmatch(name) else f"@{name}"
 
 
 def is_group(chat_id: ChatId) -> bool:
@@ -55,34 +53,152 @@ def is_group(chat_id: ChatId) -> bool:
 
 @dataclass
 class PaceState:
-    """What every replica knows about one chat: recent send slots (ascending) and any 429 pause."""
+    """What every replica knows about one chat: recent send slots (ascending) and any 429 pause.
+
+    `reserved_at[i]` is the `now` at which `sends[i]` was reserved, on the reserving replica's clock
+    (a state written without it, by an older replica, counts each slot as reserved at its own time).
+
+    The state is shared, so it may be wrong: written by a replica whose clock runs fast, or corrupt.
+    Every reservation repairs it first (`_repaired`), so no replica sleeps on a slot no sane state holds.
+    How far ahead of `now` a sane slot may be has no bound of its own: next_slot puts a slot at most one
+    step (the largest period + SLOT_MARGIN) after the slot before it, its reservation's `now` or the
+    pause, so slots reserved faster than they pass pile up a step after another (one sender per replica
+    with a backlog: about a step per replica, 3.15 s ahead for a private chat at 1/1s with 3 replicas;
+    70 reservations at once reach 190 s at 1/1s + 20/60s), and the log keeps only the last slots, not
+    where their chain started. What does bound a sane slot is the clock that reserved it: every
+    reservation happened before `now`, and clocks agree within milliseconds.
+    """
 
     sends: list[float] = field(default_factory=list)
     paused_until: float = 0.0
+    reserved_at: list[float] = field(default_factory=list)
 
     @classmethod
-    def from_bytes(cls, data: bytes | None) -> PaceState:
+    def from_bytes(cls, data: bytes | None, now: float | None = None) -> PaceState:
+        """The state stored in KV. Unreadable data (not JSON, not an object, a value not a finite number)
+        gives a clean state, and a pause further than MAX_PAUSE past `now` (default: the wall clock) none;
+        the next write repairs the key."""
         if not data:
             return cls()
-        raw = json.loads(data)
-        return cls(sends=[float(t) for t in raw.get("sends", [])], paused_until=float(raw.get("paused_until", 0)))
+        try:
+            state = cls._parse(json.loads(data))
+        except (ValueError, TypeError, ArithmeticError, RecursionError) as error:
+            log.warning("pacing.repaired", problem="unreadable state", error=str(error) or type(error).__name__)
+            return cls()
+        when = time.time() if now is None else now
+        if not cls._pause_believable(state.paused_until, when):
+            log.warning("pacing.repaired", problem="pause too long", paused_until=state.paused_until, now=when)
+            state.paused_until = 0.0
+        return state
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"sends": self.sends, "paused_until": self.paused_until}).encode()
+        state = {"sends": self.sends, "reserved_at": self.reserved_at, "paused_until": self.paused_until}
+        return json.dumps(state).encode()
 
     def next_slot(self, limits: tuple[Rate, ...], now: float) -> float:
-        """The earliest time a message may go without breaking a limit or a pause; slots never go back."""
-        slot = max(now, self.paused_until, self.sends[-1] if self.sends else 0.0)
-        for rate in limits:
-            if len(self.sends) >= rate.count:
-                slot = max(slot, self.sends[-rate.count] + rate.period + SLOT_MARGIN)
-        return slot
+        """The earliest time a message may go without breaking a limit or a pause; slots never go back.
+        Slots and a pause no sane state holds are ignored (`reserve` drops them)."""
+        repaired = self._repaired(limits, now)
+        return self._earliest(repaired.sends, repaired.paused_until, limits, now)
 
     def reserve(self, limits: tuple[Rate, ...], now: float) -> float:
-        slot = self.next_slot(limits, now)
-        self.sends.append(slot)
-        del self.sends[: -max(rate.count for rate in limits)]
+        """Take the next slot, repairing the state first; the log keeps what the largest limit looks at."""
+        repaired = self._repaired(limits, now)
+        dropped = len(self.sends) - len(repaired.sends)
+        if dropped or repaired.paused_until != self.paused_until:
+            log.warning(
+                "pacing.repaired",
+                dropped_slots=dropped,
+                latest_slot=max(self.sends, default=None),
+                paused_until=self.paused_until,
+                now=now,
+            )
+        slot = self._earliest(repaired.sends, repaired.paused_until, limits, now)
+        keep = max(rate.count for rate in limits)
+        self.sends[:] = [*repaired.sends, slot][-keep:]
+        self.reserved_at[:] = [*repaired.reserved_at, now][-keep:]
+        self.paused_until = repaired.paused_until
         return slot
+
+    @staticmethod
+    def _earliest(sends: list[float], paused_until: float, limits: tuple[Rate, ...], now: float) -> float:
+        slot = max(now, paused_until, sends[-1] if sends else 0.0)
+        for rate in limits:
+            if len(sends) >= rate.count:
+                slot = max(slot, sends[-rate.count] + rate.period + SLOT_MARGIN)
+        return slot
+
+    def _repaired(self, limits: tuple[Rate, ...], now: float) -> PaceState:
+        """This state without what no sane state holds, at `now`:
+
+        - a pause not finite or further ahead than MAX_PAUSE (reset to 0);
+        - a slot not finite, or further than MAX_AHEAD past `now` and the pause;
+        - a slot reserved more than one step (at least CLOCK_TOLERANCE) after `now`: its replica's clock
+          ran ahead (a slot without `reserved_at` stands for its reservation: it may be one step ahead);
+        - a slot later than next_slot could have put it after the previous slot kept (`_latest_after`),
+          as when a fast slot was chained on; the oldest has no previous slot in the log to judge it by.
+
+        Nothing is dropped from a sane state: `_latest_after` adds what `_earliest` adds, in the same
+        order, to the previous slot, which is no earlier than the slots `_earliest` added them to
+        (float addition is monotonic, so the bound holds to the last bit); a 429 pause only grows.
+        """
+        step = max((rate.period + SLOT_MARGIN for rate in limits), default=0.0)
+        latest_reservation = now + max(step, CLOCK_TOLERANCE)
+        repaired = PaceState(paused_until=self.paused_until if self._pause_believable(self.paused_until, now) else 0.0)
+        latest_slot = max(now, repaired.paused_until) + MAX_AHEAD
+        reserved = self.reserved_at if len(self.reserved_at) == len(self.sends) else self.sends
+        pairs = zip(self.sends, reserved, strict=True)
+        entries = sorted((slot, at) for slot, at in pairs if self._finite(slot) and self._finite(at))
+        for index, (slot, at) in enumerate(entries):
+            if slot > latest_slot or at > latest_reservation:
+                continue
+            if index and slot > self._latest_after(repaired.sends, repaired.paused_until, limits, at):
+                continue
+            repaired.sends.append(slot)
+            repaired.reserved_at.append(at)
+        return repaired
+
+    @staticmethod
+    def _latest_after(sends: list[float], paused_until: float, limits: tuple[Rate, ...], at: float) -> float:
+        """The latest slot next_slot can give a reservation made at `at` after `sends`."""
+        latest = max(at, paused_until)
+        if sends:
+            last = sends[-1]
+            latest = max(latest, last, *(last + rate.period + SLOT_MARGIN for rate in limits))
+        return latest
+
+    @staticmethod
+    def _pause_believable(paused_until: float, now: float) -> bool:
+        return PaceState._finite(paused_until) and paused_until <= now + MAX_PAUSE
+
+    @classmethod
+    def _parse(cls, raw: object) -> PaceState:
+        if not isinstance(raw, dict):
+            raise TypeError(f"a JSON object expected, not {type(raw).__name__}")
+        sends = [cls._number(value) for value in cls._list(raw.get("sends", []))]
+        reserved = [cls._number(value) for value in cls._list(raw.get("reserved_at", []))]
+        if len(reserved) != len(sends):
+            reserved = []  # no sound record of the reservations: the slots stand for them
+        return cls(sends=sends, paused_until=cls._number(raw.get("paused_until", 0)), reserved_at=reserved)
+
+    @staticmethod
+    def _list(value: object) -> list[object]:
+        if not isinstance(value, list):
+            raise TypeError(f"a JSON array expected, not {type(value).__name__}")
+        return value
+
+    @staticmethod
+    def _number(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"a number expected, not {type(value).__name__}")
+        number = float(value)
+        if not PaceState._finite(number):
+            raise ValueError(f"a finite number expected, not {number}")
+        return number
+
+    @staticmethod
+    def _finite(value: float) -> bool:
+        return -_INFINITY < value < _INFINITY
 
 
 class Pacer:
@@ -162,10 +278,10 @@ class Pacer:
         while True:
             watcher = None
             try:
-                watcher = await self._kv.watch("chat.*.pace")
+                watcher = await self._kv.watch(PACE_KEYS)
                 async for entry in watcher:
                     if entry is not None and entry.value:
-                        self._learn(chat_of_key(entry.key), PaceState.from_bytes(entry.value))
+                        self._learn(chat_of_pace_key(entry.key), PaceState.from_bytes(entry.value))
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -70,6 +70,8 @@ class Settings(NatsSettings):
     notifier_concurrency: int = Field(default=64, ge=1, le=1000, validation_alias="NOTIFIER_CONCURRENCY")
     # while the bot cannot reach its chat (kicked, chat not found, bad token): seconds between probes
     notifier_probe_interval: float = Field(default=30.0, gt=0, validation_alias="NOTIFIER_PROBE_INTERVAL")
+    # longest delay between two tries of an event Telegram failed with a transient error (5xx, timeout)
+    notifier_retry_max_delay: float = Field(default=60.0, gt=0, validation_alias="NOTIFIER_RETRY_MAX_DELAY")
     # Telegram's limits (FAQ): about 1 message/s per chat, 20 messages/min per group or channel.
     # Every replica paces its sends through shared state, so together they stay under them.
     telegram_chat_rate: RateSetting = Field(default=Rate(1, 1.0), validation_alias="TELEGRAM_CHAT_RATE")

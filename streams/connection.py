@@ -18,6 +18,16 @@ log = structlog.get_logger(__name__)
 
 Callback = Callable[[], Awaitable[None]]
 
+# Notice a dead connection (server gone without a FIN/RST: half-open TCP, a silent network) in seconds.
+# nats-py's defaults (a ping every 120 s, 2 outstanding) take up to 6 minutes. Its _ping_interval loop
+# wakes every PING_INTERVAL s, counts one more outstanding ping (a PONG resets the count to 0) and declares
+# the connection stale (disconnect, then reconnect) when the count exceeds MAX_OUTSTANDING_PINGS, before
+# sending the next ping. So a server that stops answering is noticed after at most
+# (MAX_OUTSTANDING_PINGS + 1) * PING_INTERVAL = 9 s, at least MAX_OUTSTANDING_PINGS * PING_INTERVAL = 6 s;
+# a live server has MAX_OUTSTANDING_PINGS * PING_INTERVAL = 6 s to answer a ping.
+PING_INTERVAL = 3
+MAX_OUTSTANDING_PINGS = 2
+
 
 class NatsSettings(BaseSettings):
     """How to reach NATS. `nats_url` is None only where NATS is optional (the API)."""
@@ -126,6 +136,8 @@ async def connect(  # noqa: PLR0913 - keyword-only options of one call
         allow_reconnect=allow_reconnect,
         max_reconnect_attempts=max_reconnect_attempts,
         reconnect_time_wait=0.5,
+        ping_interval=PING_INTERVAL,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
         error_cb=error,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from enum import StrEnum
 
 STREAM = "TODOS"
@@ -20,6 +22,38 @@ TERMINATED_ADVISORY = f"{_ADVISORY}.MSG_TERMINATED.{STREAM}.{CONSUMER}"
 SENT_BUCKET = "todos_sent"
 # KV bucket for state every notifier replica shares (migrated chat id, rate-limit pauses)
 STATE_BUCKET = "todos_notifier"
+
+# KV keys (one format each, used by every notifier replica)
+_KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
+_NUMERIC = re.compile(r"-?\d+")
+
+
+def sent_key(event_id: str) -> str:
+    """Key of an event in SENT_BUCKET: its id, or a digest of it when the id holds characters KV refuses."""
+    return event_id if _KV_KEY.fullmatch(event_id) else hashlib.sha256(event_id.encode()).hexdigest()
+
+
+def _chat_token(chat_id: int | str) -> str:
+    return str(chat_id).lstrip("@")
+
+
+def pace_key(chat_id: int | str) -> str:
+    """Key in STATE_BUCKET of a chat's shared pace: reserved send slots and a 429's pause."""
+    return f"chat.{_chat_token(chat_id)}.pace"
+
+
+PACE_KEYS = "chat.*.pace"
+
+
+def chat_of_pace_key(key: str) -> int | str:
+    name = key.split(".")[1]
+    return int(name) if _NUMERIC.fullmatch(name) else f"@{name}"
+
+
+def migration_key(chat_id: int | str) -> str:
+    """Key in STATE_BUCKET of the chat id a configured chat migrated to (a supergroup upgrade)."""
+    return f"chat.{_chat_token(chat_id)}.migrated_to"
+
 
 # headers
 MSG_ID_HEADER = "Nats-Msg-Id"

@@ -21,7 +21,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from streams import subjects
 
@@ -34,7 +34,11 @@ ACK_WAIT = 5.0
 MAX_DELIVER = 30
 MAX_ACK_PENDING = 10_000
 DLQ_MAX_AGE = 30 * DAY
-SENT_TTL = 2 * DAY
+# todos_sent must remember an event id as long as TODOS can still deliver that event: if the consumer is
+# ever recreated (deliver_policy=all) or a dead letter is replayed, every event still in the stream comes
+# again, and only an id still in todos_sent keeps it from reaching Telegram twice. So the TTL covers the
+# stream's whole retention, plus a day for events redelivered late (nak delays, outages, a slow replay).
+SENT_TTL = STREAM_MAX_AGE + DAY
 
 
 def stream_config(replicas: int = 1) -> StreamConfig:
@@ -153,13 +157,43 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
     return Action("consumer", f"{stream}/{config.durable_name}", "updated", changed)
 
 
+def kv_stream_name(bucket: str) -> str:
+    """The stream that holds a KV bucket."""
+    return f"KV_{bucket}"
+
+
 async def ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> Action:
+    """Create the bucket, or put its TTL and history back in place (replicas are raised, never lowered).
+
+    A bucket is the stream KV_<bucket>: its max_age is the TTL, max_msgs_per_subject the history,
+    num_replicas the replicas. The rest of the stream's config (set by whoever created it) is kept.
+    """
+    name = kv_stream_name(config.bucket)
     try:
-        await js.key_value(config.bucket)
-    except BucketNotFoundError:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        # two bootstraps racing here both create the same config: the server accepts an identical create
         await js.create_key_value(config)
         return Action("kv", config.bucket, "created")
-    return Action("kv", config.bucket, "unchanged")
+    current = info.config
+    ttl = float(config.ttl or 0)
+    changed = []
+    if float(current.max_age or 0) != ttl:
+        changed.append("ttl")
+        current.max_age = ttl
+        if ttl and current.duplicate_window and current.duplicate_window > ttl:
+            # the server refuses a duplicate window longer than max_age (create_key_value caps it the same way)
+            current.duplicate_window = ttl
+    if current.max_msgs_per_subject != config.history:
+        changed.append("history")
+        current.max_msgs_per_subject = config.history
+    if (current.num_replicas or 1) < config.replicas:
+        changed.append("replicas")
+        current.num_replicas = config.replicas
+    if not changed:
+        return Action("kv", config.bucket, "unchanged")
+    await js.update_stream(current)
+    return Action("kv", config.bucket, "updated", tuple(changed))
 
 
 async def bootstrap(js: JetStreamContext, replicas: int = 1) -> list[Action]:

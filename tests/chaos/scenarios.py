@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
+from nats.js.api import ConsumerInfo, StreamInfo
 
 from streams import subjects
 from tests.chaos.audit import Audit, audit, read_stream
@@ -24,6 +25,7 @@ from tests.chaos.telegram_faults import FaultyTelegram
 from tests.services import Postgres
 
 SETTLE_TIMEOUT = 90.0
+SETTLE_POLL = 0.2
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class Report:
     injected: dict[str, int]
     settled: bool
     seconds: float
+    settle_state: str = ""  # the last look before giving up, when it did not settle
 
     @property
     def server_errors(self) -> dict[int, int]:
@@ -122,18 +125,102 @@ class Report:
         return {**asdict(self), "audit": asdict(self.audit)}
 
 
-async def _settle(system: System, timeout: float) -> bool:
-    """Wait until the outbox is empty and every event in the stream is acked (sent or dead-lettered)."""
+class JetStreamInfo(Protocol):
+    """The two JetStream look-ups settling needs (a JetStreamContext, or a stub in tests)."""
+
+    async def stream_info(self, name: str, /) -> StreamInfo: ...
+
+    async def consumer_info(self, stream: str, consumer: str, /) -> ConsumerInfo: ...
+
+
+class Settleable(Protocol):
+    """What `settle` watches: the outbox, the stream and the consumer (a `System`, or a stub in tests)."""
+
+    @property
+    def js(self) -> JetStreamInfo: ...
+
+    async def outbox_rows(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class SettleState:
+    """One look at the pipeline; stream and consumer are read only once the outbox was seen empty."""
+
+    outbox: int | None = None
+    last_seq: int | None = None  # the stream's last sequence
+    num_pending: int | None = None
+    num_ack_pending: int | None = None
+    ack_floor: int | None = None  # the consumer's ack floor, as a stream sequence
+    error: str = ""
+
+    @property
+    def quiet(self) -> bool:
+        """Outbox empty, and every event in the stream delivered and acked (or terminated)."""
+        return (
+            self.outbox == 0
+            and self.last_seq is not None
+            and self.num_pending == 0
+            and self.num_ack_pending == 0
+            and self.ack_floor is not None
+            and self.ack_floor >= self.last_seq
+        )
+
+    def __str__(self) -> str:
+        if self.error:
+            return f"could not look: {self.error}"
+        if self.outbox != 0:
+            return f"{self.outbox} outbox rows not yet published"
+        return (
+            f"outbox empty; stream last seq {self.last_seq}; consumer {self.num_pending} pending, "
+            f"{self.num_ack_pending} awaiting ack, ack floor at stream seq {self.ack_floor}"
+        )
+
+
+@dataclass(frozen=True)
+class Settling:
+    settled: bool
+    last: SettleState  # the last look: why it did not settle, when it did not
+
+
+async def _look(system: Settleable) -> SettleState:
+    """The outbox first, then the stream, then the consumer: the relay deletes a row only after NATS stored
+    its event, so an empty outbox means every committed event is in the stream by the time it is read.
+    (The other order lets an event be published between the consumer's and the outbox's read.)"""
+    try:
+        outbox = await system.outbox_rows()
+        if outbox:
+            return SettleState(outbox=outbox)
+        stream = await system.js.stream_info(subjects.STREAM)
+        consumer = await system.js.consumer_info(subjects.STREAM, subjects.CONSUMER)
+    except Exception as error:
+        return SettleState(error=f"{type(error).__name__}: {error}")
+    return SettleState(
+        outbox=0,
+        last_seq=stream.state.last_seq,
+        num_pending=consumer.num_pending,
+        num_ack_pending=consumer.num_ack_pending,
+        ack_floor=consumer.ack_floor.stream_seq if consumer.ack_floor is not None else None,
+    )
+
+
+async def settle(system: Settleable, timeout: float, *, poll: float = SETTLE_POLL) -> Settling:
+    """Wait until the outbox is empty and every event in the stream is acked (sent or dead-lettered).
+
+    Settled takes two quiet looks in a row (`poll` seconds apart) that saw the same last stream sequence.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            consumer = await system.js.consumer_info(subjects.STREAM, subjects.CONSUMER)
-            if consumer.num_pending == 0 and consumer.num_ack_pending == 0 and await system.outbox_rows() == 0:
-                return True
-        except Exception:
-            pass
-        await asyncio.sleep(0.2)
-    return False
+    quiet_at: int | None = None  # the last stream sequence of the previous look, when it was quiet
+    while True:
+        state = await _look(system)
+        if not state.quiet:
+            quiet_at = None
+        elif quiet_at == state.last_seq:
+            return Settling(settled=True, last=state)
+        else:
+            quiet_at = state.last_seq
+        if time.monotonic() >= deadline:
+            return Settling(settled=False, last=state)
+        await asyncio.sleep(poll)
 
 
 async def _todos(base_url: str) -> dict[str, dict[str, Any]]:
@@ -160,13 +247,20 @@ async def run(
         async with asyncio.TaskGroup() as group:
             group.create_task(load.run())
             group.create_task(scenario.faults(system, load))
-        settled = await _settle(system, SETTLE_TIMEOUT)
+        # read the outcome only once settled: before, an event may be in the stream but not yet sent
+        settling = await settle(system, SETTLE_TIMEOUT)
         rows = await _todos(system.web.url)
         stream = await read_stream(system.js)
         dead = (await system.js.stream_info(subjects.DLQ_STREAM)).state.messages
         outbox = await system.outbox_rows()
         result = audit(
-            load.ledger, rows=rows, stream=stream, sent=telegram.sent, faults=system.faults, slow_ids=telegram.slow_ids
+            load.ledger,
+            rows=rows,
+            stream=stream,
+            sent=telegram.sent,
+            faults=system.faults,
+            slow_ids=telegram.slow_ids,
+            settled=settling.settled,
         )
     return Report(
         scenario=scenario.name,
@@ -182,8 +276,9 @@ async def run(
             f"{fault.kind} at +{fault.start - started:.1f}s ({fault.end - fault.start:.1f}s)" for fault in system.faults
         ],
         injected=dict(telegram.injected),
-        settled=settled,
+        settled=settling.settled,
         seconds=time.monotonic() - started,
+        settle_state="" if settling.settled else str(settling.last),
     )
 
 
@@ -199,9 +294,10 @@ def table(reports: list[Report]) -> str:
     for report in reports:
         a = report.audit
         duplicates = f"{a.duplicates} ({a.explained_duplicates} after a fault)" if a.duplicates else "0"
+        lost = a.lost if report.settled else f"{a.lost} (did not settle: {a.undelivered} undelivered)"
         cells = [
             report.title, a.committed, f"{a.unknown} ({a.unknown_committed})", a.in_stream, a.messages,
-            a.delivered, a.lost, duplicates, report.statuses.get(503, 0), sum(report.server_errors.values()),
+            a.delivered, lost, duplicates, report.statuses.get(503, 0), sum(report.server_errors.values()),
             report.dead_letters, f"{report.seconds:.0f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")

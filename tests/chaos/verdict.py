@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.chaos.scenarios import Report, Scenario
+from tests.chaos.scenarios import SETTLE_TIMEOUT, Report, Scenario
 
 
 def problems(report: Report, scenario: Scenario) -> list[str]:
@@ -11,7 +11,13 @@ def problems(report: Report, scenario: Scenario) -> list[str]:
     outage = scenario.name == "postgres"
     unexplained = 0 if scenario.duplicates_allowed else a.duplicates - a.explained_duplicates
     rules = [
-        (not report.settled, "the system did not settle (outbox or consumer still pending)"),
+        (
+            not report.settled,
+            (
+                f"the system did not settle within {SETTLE_TIMEOUT:.0f} s ({report.settle_state}); "
+                f"{a.undelivered} committed changes not delivered by then (not counted as lost)"
+            ),
+        ),
         (a.lost, f"{a.lost} committed changes never reached Telegram"),
         (a.phantoms, f"{a.phantoms} events for changes that were not committed"),
         (a.stream_duplicates, f"{a.stream_duplicates} events stored twice in the stream"),

@@ -7,7 +7,7 @@ import time
 import uuid
 
 from notifier.formatting import parse_message
-from notifier.processing import SentLog
+from notifier.sent_log import SentLog
 from streams import subjects
 from streams.subjects import Change
 from tests.notifier.conftest import CHAT_ID, make_todo, publish, wait_until
@@ -79,7 +79,7 @@ async def test_already_sent_event_is_not_sent_again(fake, js, replicas):
     replica = replicas(fake)
     await replica.wait_ready()
     sent_before_crash = str(uuid.uuid4())
-    await SentLog(await js.key_value(subjects.SENT_BUCKET)).add(sent_before_crash)
+    await SentLog(await js.key_value(subjects.SENT_BUCKET), js).sent([sent_before_crash])
     await publish(js, event_id=sent_before_crash)
     first = await publish(js)
     await wait_until(lambda: len(fake.sent) == 1)

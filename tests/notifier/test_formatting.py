@@ -8,11 +8,11 @@ import pytest
 
 from notifier.formatting import (
     MAX_LENGTH,
+    MAY_REPEAT_NOTE,
     Event,
     MalformedEventError,
     parse_message,
     render_event,
-    render_events,
     render_fitting,
     telegram_length,
 )
@@ -133,11 +133,30 @@ def test_grouped_messages_round_trip_and_fit(seed):
 
 
 def _fits_with_next(group, following):
-    try:
-        text = render_events([*group, following])
-    except ValueError:
-        return False
-    return utf16_length(parse_html(text)) <= MAX_LENGTH
+    count, text = render_fitting([*group, following], len(group) + 1)
+    return count == len(group) + 1 and utf16_length(parse_html(text)) <= MAX_LENGTH
+
+
+def render_events(events):
+    """All the events in one message (the test's own check that they fit)."""
+    count, text = render_fitting(events, len(events))
+    assert count == len(events)
+    return text
+
+
+def test_an_event_whose_answer_was_lost_says_it_may_repeat():
+    todo = make_todo("<b>x</b> & y")
+    plain = render_event(Event(Change.UPDATED, todo))
+    flagged = render_event(Event(Change.UPDATED, todo, may_repeat=True))
+    assert MAY_REPEAT_NOTE not in plain
+    assert flagged.splitlines()[:2] == [plain.splitlines()[0], html.escape(MAY_REPEAT_NOTE)]
+    assert parse_message(flagged) == [todo]
+    parse_html(flagged)
+    count, grouped = render_fitting(
+        [Event(Change.CREATED, make_todo()), Event(Change.UPDATED, todo, may_repeat=True)], 2
+    )
+    assert count == 2
+    assert grouped.count(MAY_REPEAT_NOTE) == 1
 
 
 def test_small_events_fill_a_message_up_to_the_limit():

@@ -2,12 +2,12 @@
 
 import nats.errors
 import pytest
+from notifier.processing import BotPause, Processor, SentLog
+from notifier.telegram import TelegramSink
 
 from notifier.chats import ChatGate, ChatRoute
 from notifier.metrics import Metrics
-from notifier.processing import BotPause, Processor, SentLog
 from notifier.settings import Settings
-from notifier.telegram import TelegramSink
 from streams import subjects, topology
 from streams.dlq import list_dead_letters
 from tests.notifier.conftest import CHAT_ID, publish, wait_until

@@ -19,6 +19,14 @@ from telegram.request import BaseRequest, RequestData
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
+class TransportError(NetworkError):
+    """No answer from the Bot API. `maybe_delivered`: the request went out, so Telegram may have accepted it."""
+
+    def __init__(self, message: str, *, maybe_delivered: bool) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
+
+
 class AiohttpRequest(BaseRequest):
     """Form-encoded POSTs over one pooled aiohttp session with explicit connect and read timeouts."""
 
@@ -76,4 +84,6 @@ class AiohttpRequest(BaseRequest):
         except aiohttp.ClientError as error:
             # the URL holds the token: never let it into the message
             message = str(error).replace(url, "<bot api url>")
-            raise NetworkError(f"aiohttp.{type(error).__name__}: {message}") from error
+            # refused or unresolvable: the request never left; anything later may have reached Telegram
+            sent = not isinstance(error, aiohttp.ClientConnectorError)
+            raise TransportError(f"aiohttp.{type(error).__name__}: {message}", maybe_delivered=sent) from error

@@ -1,0 +1,138 @@
+"""The pipeline's source in JetStream mode: the shared durable pull consumer `todos_broadcasters`.
+
+Who owns the topology: `python -m streams bootstrap` (the k8s Job, `just bootstrap-streams`, `just
+up`) creates and updates the stream, the consumer, the dead-letter stream and the KV buckets. A
+notifier only checks: it waits (not ready) until they exist, and reads the consumer's ack wait and
+max deliveries from the server, so an operator's change to the consumer is respected. The one thing
+it creates is a consumer that is missing (deleted by hand, lost with its stream's storage), with the
+topology's settings: delivery would stop otherwise, and `todos_sent` remembers every event as long as
+the stream keeps it, so a new consumer re-sends nothing.
+
+Traps of nats-py 2.x designed around (see STACK-NOTES): an idle fetch raises TimeoutError (or a bare
+asyncio one) or returns [], and can stall, so every fetch runs under a watchdog; a deleted consumer
+shows up as an APIError; the pull subscription is unsubscribed before the connection is drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from streams import subjects, topology
+from streams.logs import redact
+
+log = structlog.get_logger(__name__)
+FETCH_TIMEOUT = 1.0
+# a fetch still pending this long after its own timeout is stalled (nats.py #986): abandon it
+WATCHDOG_MARGIN = 2.0
+REBIND_DELAY = 1.0
+
+
+class JetStreamSource:
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self._nc, self._js = nc, js
+        self._psub: JetStreamContext.PullSubscription | None = None
+        # read from the consumer when binding (an operator may have changed them)
+        self.max_deliver = topology.MAX_DELIVER
+        self.ack_wait = topology.ACK_WAIT
+        self._reconnected = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    @property
+    def epoch(self) -> int:
+        """Which NATS connection this is (reconnects so far): a delivery taken before a reconnect may be stale."""
+        return int(self._nc.stats["reconnects"])
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and self._psub is not None
+
+    async def on_reconnected(self) -> None:
+        self._reconnected.set()
+
+    async def wait_connected(self, seconds: float) -> None:
+        if self.connected:
+            await asyncio.sleep(seconds)
+            return
+        self._reconnected.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reconnected.wait(), seconds)
+
+    async def _bind(self) -> bool:
+        try:
+            try:
+                info = await self._js.consumer_info(subjects.STREAM, subjects.CONSUMER)
+            except NotFoundError:
+                await self._js.stream_info(subjects.STREAM)  # NotFoundError too: the stream is missing
+                info = await self._js.add_consumer(subjects.STREAM, topology.consumer_config())
+                log.warning(
+                    "consumer.recreated",
+                    consumer=subjects.CONSUMER,
+                    detail="the consumer was missing; created with the topology's settings "
+                    "(todos_sent keeps what was sent, so nothing is sent twice)",
+                )
+            self.max_deliver = info.config.max_deliver or 0
+            self.ack_wait = float(info.config.ack_wait or topology.ACK_WAIT)
+            self._psub = await self._js.pull_subscribe_bind(durable=subjects.CONSUMER, stream=subjects.STREAM)
+        except NotFoundError:
+            log.warning("topology.missing", stream=subjects.STREAM, detail="run `python -m streams bootstrap`")
+            return False
+        except Exception as error:
+            log.warning("consumer.bind_failed", error=str(error) or type(error).__name__)
+            return False
+        log.info("consumer.bound", consumer=subjects.CONSUMER, ack_wait=self.ack_wait, max_deliver=self.max_deliver)
+        return True
+
+    async def unbind(self) -> None:
+        psub, self._psub = self._psub, None
+        if psub is not None:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def fetch(self, batch: int) -> list[Msg]:
+        if self._psub is None and not await self._bind():
+            await asyncio.sleep(REBIND_DELAY)
+            return []
+        assert self._psub is not None
+        try:
+            return await asyncio.wait_for(
+                self._psub.fetch(batch, timeout=FETCH_TIMEOUT), FETCH_TIMEOUT + WATCHDOG_MARGIN
+            )
+        except TimeoutError:  # idle (nats TimeoutError, a bare asyncio one, or the watchdog)
+            return []
+        except APIError as error:  # consumer or stream deleted, JetStream unavailable
+            log.warning("consumer.lost", error=str(error) or type(error).__name__, action="binding again")
+            await self.unbind()
+            return []
+        except Exception as error:
+            log.warning("consumer.fetch_failed", error=str(error) or type(error).__name__)
+            await asyncio.sleep(REBIND_DELAY)
+            return []
+
+    async def ack(self, msg: Msg) -> None:
+        # a lost ack (NATS away) only means a redelivery, which todos_sent then acks unsent
+        with contextlib.suppress(Exception):
+            await msg.ack()
+
+    async def nak(self, msg: Msg, delay: float) -> None:
+        with contextlib.suppress(Exception):
+            await (msg.nak(delay=delay) if delay > 0 else msg.nak())
+
+    async def term(self, msg: Msg, reason: str) -> None:
+        """+TERM with a reason (nats-py's term() sends none); the MSG_TERMINATED advisory carries it."""
+        one_line = redact(" ".join(reason.split()))[:500]
+        with contextlib.suppress(Exception):
+            await self._nc.publish(msg.reply, b"+TERM " + one_line.encode())
+
+    async def in_progress(self, msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            await msg.in_progress()

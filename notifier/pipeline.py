@@ -1,0 +1,637 @@
+"""The notifier's one delivery path: fetch -> hold -> (pace) -> de-duplicate -> send -> settle.
+
+Every event a replica takes from its source (the JetStream consumer, or core NATS) is *held*: kept
+alive with in_progress() and queued for the chat. Senders take messages from the front of the
+queue: unpaced, NOTIFIER_CONCURRENCY senders each take one event; paced, one sender reserves the
+chat's next slot (shared by every replica through KV), waits for it, and takes as many queued events
+as fit one message. Whether a chat is paced is a setting of this path, not a second path.
+
+Before a send: the events are checked against `todos_sent` (a redelivery of an event some replica
+already sent is acked, not sent again), and, with no await before the request leaves, that the chat
+is not paused (a 429 seen by any replica), NATS is connected, and every event is still this
+replica's (its lease: delivered on the current NATS connection and kept alive within the ack wait;
+a replica frozen or cut off longer than that lets its events go, since JetStream may have handed
+them to another replica). After Telegram's ok: the record in `todos_sent` is retried until NATS
+takes it, then the events are acked; an accepted event is never nak'ed or dead-lettered.
+
+A failed send is decided by notifier.policy and carried out by `Pipeline._enact`, the one place that
+acks, naks, terminates, holds, pauses, splits or migrates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from nats.aio.msg import Msg
+
+from notifier.chats import ChatGate, ChatRoute
+from notifier.formatting import Event, MalformedEventError, render_fitting
+from notifier.metrics import Metrics
+from notifier.pacing import Pacer
+from notifier.policy import Decision, Outcome, answer_lost, decide, is_transient, released_on_last_delivery
+from notifier.sent_log import Record, SentLog
+from notifier.settings import ChatId
+from notifier.sinks import Sink
+from streams import subjects
+
+log = structlog.get_logger(__name__)
+# NATS or the pacing state out of reach: look again after this long
+NATS_RETRY = 0.5
+# on SIGTERM, sends under way get this long to finish; what is still held is then released
+FINISH_TIMEOUT = 10.0
+# a paced chat holds at most this many messages' worth of events, fetched this many at a time
+PACED_CAPACITY_MESSAGES = 10
+PACED_FETCH_BATCH = 20
+# the first probe of a halted chat comes after this long (at most the probe interval), then doubling
+FIRST_PROBE = 1.0
+
+
+@dataclass(eq=False)
+class Held:
+    """One delivery of an event, held by this replica until it is settled."""
+
+    msg: Msg
+    event_id: str
+    event: Event | None  # None: the payload is malformed
+    deliveries: int
+    stored_at: float  # wall clock: when the stream stored it
+    renewed: float  # monotonic: when its ack deadline was last pushed back (fetch, in_progress)
+    epoch: int  # the NATS connection it was delivered on
+    alone: bool = False  # split out of a message Telegram refused: goes in a message of its own
+    accepted: bool = False  # Telegram said ok: only its record and ack are left
+
+
+class Source(Protocol):
+    """Where events come from and how they are settled (JetStream, or core NATS at most once)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def max_deliver(self) -> int: ...
+
+    @property
+    def ack_wait(self) -> float: ...
+
+    async def fetch(self, batch: int) -> list[Msg]: ...
+
+    async def ack(self, msg: Msg) -> None: ...
+
+    async def nak(self, msg: Msg, delay: float) -> None: ...
+
+    async def term(self, msg: Msg, reason: str) -> None: ...
+
+    async def in_progress(self, msg: Msg) -> None: ...
+
+    async def wait_connected(self, seconds: float) -> None: ...
+
+
+def event_id_of(msg: Msg) -> str:
+    """The event's identity: the original id on a replayed dead letter, else its Nats-Msg-Id."""
+    headers = msg.headers or {}
+    found = headers.get(subjects.EVENT_ID_HEADER) or headers.get(subjects.MSG_ID_HEADER)
+    if found:
+        return found
+    try:
+        meta = msg.metadata
+    except Exception:
+        return f"core.{id(msg)}"
+    return f"{meta.stream}.{meta.sequence.stream}"
+
+
+class Halt:
+    """Why this replica sends nothing now: the bot may not post (PAUSE) or Telegram is unreachable (OUTAGE)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.reason: str | None = None
+        self.kind: Decision | None = None
+        self.tripped = asyncio.Event()
+        self._metrics = metrics
+
+    @property
+    def active(self) -> bool:
+        return self.reason is not None
+
+    def trip(self, kind: Decision, reason: str) -> None:
+        if self.reason is None:
+            detail = (
+                "the bot cannot post to its chat: fix the token, chat id or the bot's membership and rights"
+                if kind is Decision.PAUSE
+                else "Telegram or the network is failing: probing with backoff"
+            )
+            log.error("telegram.halted", kind=kind.value, reason=reason, detail=detail + "; events wait, none is lost")
+        self.reason, self.kind = reason, kind
+        self._metrics.paused.set(1)
+        self.tripped.set()
+
+    def clear(self) -> None:
+        if self.reason is not None:
+            log.warning("telegram.resumed", was=self.reason)
+        self.reason, self.kind = None, None
+        self._metrics.paused.set(0)
+        self.tripped.clear()
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How the path runs for this chat."""
+
+    paced: bool
+    senders: int  # messages in flight at once
+    max_events: int  # events per message
+    capacity: int  # events held at most
+    fetch_batch: int
+    probe_interval: float
+    max_retry_delay: float
+
+    @classmethod
+    def of(
+        cls, *, paced: bool, concurrency: int, max_events: int, probe_interval: float, max_retry_delay: float
+    ) -> Shape:
+        if paced:
+            capacity = max(2 * concurrency, PACED_CAPACITY_MESSAGES * max_events)
+            senders, fetch_batch = 1, PACED_FETCH_BATCH
+        else:
+            capacity, senders, fetch_batch, max_events = 2 * concurrency, concurrency, 2 * concurrency, 1
+        return cls(
+            paced=paced,
+            senders=senders,
+            max_events=max_events,
+            capacity=capacity,
+            fetch_batch=fetch_batch,
+            probe_interval=probe_interval,
+            max_retry_delay=max_retry_delay,
+        )
+
+
+class Pipeline:
+    """One replica's path from its source to the chat."""
+
+    def __init__(  # noqa: PLR0913 (the replica's parts, wired once in notifier.replica)
+        self,
+        *,
+        source: Source,
+        sink: Sink,
+        route: ChatRoute,
+        gate: ChatGate,
+        pacer: Pacer,
+        sent_log: SentLog | None,
+        metrics: Metrics,
+        shape: Shape,
+    ) -> None:
+        self._source, self._sink, self._route, self._gate, self._pacer = source, sink, route, gate, pacer
+        self._sent_log, self._metrics, self.shape = sent_log, metrics, shape
+        self.halt = Halt(metrics)
+        self._queue: deque[Held] = deque()
+        self._held: dict[int, Held] = {}  # id(held) -> held: queued, being sent, or being recorded
+        self._in_flight: set[str] = set()  # event ids in a message under way
+        self._changed = asyncio.Event()  # something senders or the fetcher wait for may have changed
+        self._stopping = False
+        self._transient_in_a_row = 0
+        metrics.in_flight.set_function(lambda: len(self._held))
+        metrics.backlog_age.set_function(self._backlog_age)
+
+    # --- what the replica runs -------------------------------------------------------------------
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The pipeline's loops, to run in the replica's TaskGroup; each runs until cancelled or stopped."""
+        loops: dict[str, Coroutine[Any, Any, None]] = {
+            "fetch": self._fetch_forever(),
+            "keep_alive": self._keep_alive_forever(),
+            "probe": self._probe_forever(),
+        }
+        for number in range(self.shape.senders):
+            loops[f"sender-{number}"] = self._send_forever()
+        return loops
+
+    @property
+    def ready(self) -> bool:
+        return self._source.ready and not self.halt.active and not self._stopping
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    async def finish(self, patience: float = FINISH_TIMEOUT) -> None:
+        """Stop: fetch nothing more, release what waits in the queue, give messages under way `patience` s."""
+        self._stopping = True
+        self._wake()
+        await self._release(self._take_queue())
+        deadline = time.monotonic() + patience
+        if self._in_flight:
+            log.info("pipeline.finishing", in_flight=len(self._in_flight), timeout=patience)
+        while self._in_flight and (left := deadline - time.monotonic()) > 0:
+            await self._wait_change(left)
+
+    async def release_held(self) -> None:
+        """After the loops ended (stopped or failed): give back everything still held."""
+        leftover = list(self._held.values())
+        self._queue.clear()
+        await self._release(leftover)
+        if leftover:
+            log.info("pipeline.released", events=len(leftover))
+
+    # --- fetching --------------------------------------------------------------------------------
+
+    async def _fetch_forever(self) -> None:
+        while not self._stopping:
+            room = self.shape.capacity - len(self._held)
+            if self.halt.active or room < self.shape.capacity // 2 or not self._source.connected:
+                # halted: the backlog waits in the stream, untouched (no delivery spent)
+                await self._wait_change(1.0)
+                continue
+            msgs = await self._source.fetch(min(room, self.shape.fetch_batch))
+            if self._stopping:  # SIGTERM during the fetch: give them back at once
+                await asyncio.gather(*(self._source.nak(msg, 0) for msg in msgs), return_exceptions=True)
+                return
+            for msg in msgs:
+                await self._admit(msg)
+            if msgs:
+                self._wake()
+
+    async def _admit(self, msg: Msg) -> None:
+        now = time.monotonic()
+        try:
+            meta = msg.metadata
+            deliveries, stored_at = meta.num_delivered or 1, meta.timestamp.timestamp()
+        except Exception:
+            deliveries, stored_at = 1, time.time()
+        self._metrics.received.inc()
+        event_id = event_id_of(msg)
+        try:
+            event: Event | None = Event.from_message(msg.subject, msg.data)
+        except MalformedEventError as error:
+            held = Held(msg, event_id, None, deliveries, stored_at, now, self._source.epoch)
+            self._held[id(held)] = held
+            await self._enact([held], decide(error, deliveries, max_deliver=self._source.max_deliver))
+            return
+        held = Held(msg, event_id, event, deliveries, stored_at, now, self._source.epoch)
+        for stale in [queued for queued in self._queue if queued.event_id == event_id]:
+            # a new delivery of an event still queued here (its lease lapsed): the new one replaces it
+            self._queue.remove(stale)
+            self._forget(stale)
+        self._held[id(held)] = held
+        self._queue.append(held)
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    async def _send_forever(self) -> None:
+        while True:
+            message = await self._next_message()
+            if message is None:
+                return
+            chat_id, batch = message
+            await self._send(chat_id, batch)
+
+    async def _next_message(self) -> tuple[ChatId, list[Held]] | None:  # noqa: C901
+        """Wait until a message may leave; None when stopping."""
+        while True:
+            if self._stopping:
+                return None
+            if not self._queue or self.halt.active:
+                await self._wait_change(1.0)
+                continue
+            chat_id = self._route.current
+            if self.shape.paced:
+                try:
+                    delay = await self._pacer.reserve(chat_id)
+                except Exception as error:
+                    log.warning("pacing.failed", error=str(error) or type(error).__name__, retry_in=NATS_RETRY)
+                    await self._wait_change(NATS_RETRY)
+                    continue
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if not self._source.connected:
+                # neither could the send be recorded nor the events acked: wait for NATS
+                await self._source.wait_connected(NATS_RETRY)
+                continue
+            self._let_go_lapsed()
+            batch = self._take()
+            if not batch:
+                continue
+            kept = await self._drop_already_sent(batch)
+            if kept is None:
+                await self._wait_change(NATS_RETRY)
+                continue
+            batch = kept
+            if not batch:
+                continue
+            # the last look, with no await until the request leaves
+            if (
+                self._stopping
+                or self.halt.active
+                or not self._source.connected
+                or self._gate.remaining(chat_id) > 0
+                or chat_id != self._route.current
+                or any(self._lapsed(held) for held in batch)
+            ):
+                self._requeue(batch)
+                self._let_go_lapsed()
+                if self._gate.remaining(chat_id) > 0 and not self.shape.paced:
+                    await self._gate.wait(chat_id)
+                continue
+            return chat_id, batch
+
+    def _take(self) -> list[Held]:
+        """Events from the front of the queue for one message (an event split out goes alone); events
+        whose earlier delivery is in a message under way stay queued until it is settled."""
+        batch: list[Held] = []
+        for held in self._queue:
+            if held.event_id in self._in_flight:
+                continue
+            if held.alone and batch:
+                break
+            batch.append(held)
+            if held.alone or len(batch) >= self.shape.max_events:
+                break
+        if len(batch) > 1:
+            count, _ = render_fitting([held.event for held in batch if held.event is not None], len(batch))
+            batch = batch[:count]
+        for held in batch:
+            self._queue.remove(held)
+            self._in_flight.add(held.event_id)
+        return batch
+
+    async def _drop_already_sent(self, batch: list[Held]) -> list[Held] | None:
+        """Ack the events some replica already sent; mark those whose earlier answer was lost.
+
+        None when `todos_sent` is out of reach (the batch is back in the queue).
+        """
+        if self._sent_log is None:
+            return batch
+        try:
+            records = await self._sent_log.lookup_all(held.event_id for held in batch)
+        except Exception as error:
+            log.warning("sent_log.unreachable", error=str(error) or type(error).__name__, retry_in=NATS_RETRY)
+            self._requeue(batch)
+            return None
+        kept = []
+        for held, record in zip(batch, records, strict=True):
+            if record is Record.SENT:
+                self._metrics.duplicates.inc()
+                log.info("event.duplicate_suppressed", event_id=held.event_id, deliveries=held.deliveries)
+                await self._enact([held], None)
+                continue
+            if record is Record.MAYBE_SENT and held.event is not None and not held.event.may_repeat:
+                held.event = dataclasses.replace(held.event, may_repeat=True)
+            kept.append(held)
+        return kept
+
+    async def _send(self, chat_id: ChatId, batch: list[Held]) -> None:
+        events = [held.event for held in batch if held.event is not None]
+        count, text = render_fitting(events, len(events))
+        if count < len(batch):  # a "may repeat" line made it too long: the rest go next
+            self._requeue(batch[count:])
+            batch = batch[:count]
+        ids = [held.event_id for held in batch]
+        try:
+            if self._sent_log is not None:
+                self._sent_log.sending(ids)
+            started = time.monotonic()
+            try:
+                await self._sink.send(chat_id, text)
+            except asyncio.CancelledError:
+                raise  # stopping past FINISH_TIMEOUT or failing: release_held() gives them back
+            except Exception as error:
+                await self._failed(chat_id, batch, error)
+                return
+            self._transient_in_a_row = 0
+            self._metrics.send_latency.observe(time.monotonic() - started)
+            self._metrics.events_per_message.observe(len(batch))
+            for held in batch:
+                held.accepted = True
+            await self._accepted(batch)
+        finally:
+            self._in_flight.difference_update(ids)
+            self._wake()
+
+    async def _accepted(self, batch: list[Held]) -> None:
+        """Telegram took them: record them in `todos_sent` (retrying until NATS takes it), then ack."""
+        ids = [held.event_id for held in batch]
+        if self._sent_log is not None:
+            warned = False
+            while True:
+                try:
+                    await self._sent_log.sent(ids)
+                    break
+                except Exception as error:
+                    if not warned:
+                        log.warning("sent_log.record_failed", error=str(error) or type(error).__name__, events=len(ids))
+                        warned = True
+                    await self._source.wait_connected(NATS_RETRY)
+        self._metrics.sent.inc(len(batch))
+        await self._enact(batch, None)
+
+    async def _failed(self, chat_id: ChatId, batch: list[Held], error: Exception) -> None:
+        if is_transient(error):
+            self._transient_in_a_row += 1
+        else:
+            self._transient_in_a_row = 0  # Telegram answered: whatever it is, it is not an outage
+        outcome = decide(
+            error,
+            max(held.deliveries for held in batch),
+            max_deliver=self._source.max_deliver,
+            events=len(batch),
+            transient_in_a_row=self._transient_in_a_row,
+            max_retry_delay=self.shape.max_retry_delay,
+        )
+        log.warning(
+            "telegram.send_failed",
+            decision=outcome.decision.value,
+            error=outcome.reason,
+            events=len(batch),
+            event_ids=[held.event_id for held in batch],
+        )
+        if self._sent_log is not None and not answer_lost(error):
+            with contextlib.suppress(Exception):  # only the "may repeat" line depends on it
+                await asyncio.wait_for(self._sent_log.refused(held.event_id for held in batch), NATS_RETRY * 4)
+        if outcome.decision in {Decision.RETRY, Decision.DEAD_LETTER}:
+            # each event by its own delivery count
+            for held in batch:
+                await self._enact([held], self._decide_alone(error, held))
+            return
+        await self._enact(batch, outcome, chat_id)
+
+    def _decide_alone(self, error: Exception, held: Held) -> Outcome:
+        return decide(
+            error,
+            held.deliveries,
+            max_deliver=self._source.max_deliver,
+            transient_in_a_row=min(self._transient_in_a_row, 1),
+            max_retry_delay=self.shape.max_retry_delay,
+        )
+
+    # --- the one place that carries out decisions ------------------------------------------------
+
+    async def _enact(  # noqa: C901, PLR0912 (one branch per decision)
+        self, batch: list[Held], outcome: Outcome | None, chat_id: ChatId | None = None
+    ) -> None:
+        """Settle or hold `batch` as decided. None: done (sent now, or sent before): ack."""
+        if outcome is None:
+            for held in batch:
+                await self._source.ack(held.msg)
+                self._forget(held)
+            return
+        chat = chat_id if chat_id is not None else self._route.current
+        match outcome.decision:
+            case Decision.WAIT:
+                self._metrics.rate_limited.inc()
+                self._metrics.retried.inc(len(batch))
+                self._gate.hold(chat, outcome.delay)
+                try:  # every replica holds too (they watch the pace keys)
+                    await self._pacer.pause(chat, outcome.delay)
+                except Exception as error:
+                    log.warning("pacing.pause_not_shared", error=str(error) or type(error).__name__)
+                self._requeue(batch)
+            case Decision.MIGRATE:
+                assert outcome.new_chat_id is not None
+                try:
+                    await self._route.migrate(outcome.new_chat_id)
+                except Exception as error:
+                    log.warning("telegram.migration_not_shared", error=str(error) or type(error).__name__)
+                self._requeue(batch)
+            case Decision.PAUSE | Decision.OUTAGE:
+                self.halt.trip(outcome.decision, outcome.reason)
+                self._requeue(batch)
+            case Decision.SPLIT:
+                for held in batch:
+                    held.alone = True
+                self._requeue(batch)
+            case Decision.RETRY:
+                self._metrics.retried.inc(len(batch))
+                for held in batch:
+                    await self._source.nak(held.msg, outcome.delay)
+                    self._forget(held)
+                log.info("event.retry_later", delay=outcome.delay, events=len(batch))
+            case Decision.DEAD_LETTER:
+                for held in batch:
+                    await self._source.term(held.msg, outcome.reason)
+                    self._forget(held)
+                    self._metrics.dead_lettered.inc()
+                    log.error("event.dead_lettered", event_id=held.event_id, reason=outcome.reason)
+            case Decision.RELEASE:
+                for held in batch:
+                    await self._source.nak(held.msg, 0)
+                    self._forget(held)
+
+    async def _release(self, items: list[Held]) -> None:
+        """Give events back to the stream at once (stopping); an accepted one is left to its record."""
+        for held in items:
+            if held.accepted:
+                self._forget(held)  # its ack wait runs out; `todos_sent` has it, or says "may repeat"
+            elif released_on_last_delivery(held.deliveries, self._source.max_deliver):
+                reason = f"released on its last delivery ({held.deliveries}) while the replica stopped"
+                await self._enact([held], Outcome(Decision.DEAD_LETTER, reason))
+            else:
+                await self._enact([held], Outcome(Decision.RELEASE, "stopping"))
+
+    # --- holding ---------------------------------------------------------------------------------
+
+    @property
+    def _lease(self) -> float:
+        """How long after its last keep-alive a delivery is surely still ours (a margin under the ack wait)."""
+        return 0.8 * self._source.ack_wait
+
+    def _lapsed(self, held: Held) -> bool:
+        if held.accepted or held.event_id in self._in_flight:
+            return False
+        return held.epoch != self._source.epoch or time.monotonic() - held.renewed > self._lease
+
+    def _let_go_lapsed(self) -> None:
+        """Queued events whose lease lapsed (NATS reconnected, the replica was frozen): JetStream may
+        have handed them to another replica. Let them go without a word: if nobody else has them,
+        JetStream delivers them again after the ack wait, late rather than twice."""
+        for held in [held for held in self._queue if self._lapsed(held)]:
+            self._queue.remove(held)
+            self._forget(held)
+            log.info("event.let_go", event_id=held.event_id, reason="lease lapsed (NATS reconnect or a freeze)")
+
+    async def _keep_alive_forever(self) -> None:
+        """in_progress() for every held event, so a slow or paced send is not redelivered elsewhere."""
+        while True:
+            every = 0.4 * self._source.ack_wait
+            await asyncio.sleep(min(every / 4, 1.0))
+            if not self._source.connected:
+                continue  # a keep-alive now would be queued and sent late: let the lease tell
+            now = time.monotonic()
+            for held in list(self._held.values()):
+                if now - held.renewed < every:
+                    continue
+                if self._lapsed(held):
+                    continue  # never renew a lease that lapsed: another replica may have the event
+                held.renewed = now
+                await self._source.in_progress(held.msg)
+            if self._queue:
+                self._let_go_lapsed()
+
+    async def _probe_forever(self) -> None:
+        """While halted: probe Telegram with backoff (up to NOTIFIER_PROBE_INTERVAL); resume when the bot may post."""
+        while True:
+            await self.halt.tripped.wait()
+            delay = min(FIRST_PROBE, self.shape.probe_interval)
+            while self.halt.active:
+                await asyncio.sleep(delay)
+                delay = min(self.shape.probe_interval, delay * 2)
+                try:
+                    await self._sink.probe(self._route.current)
+                except Exception as error:
+                    outcome = decide(error, 0, max_deliver=0)
+                    if outcome.decision is Decision.MIGRATE and outcome.new_chat_id is not None:
+                        with contextlib.suppress(Exception):
+                            await self._route.migrate(outcome.new_chat_id)
+                        delay = 0.0
+                        continue
+                    if outcome.decision is Decision.WAIT:
+                        delay = max(delay, outcome.delay)
+                    log.warning("telegram.still_halted", error=outcome.reason, next_probe_in=delay)
+                    continue
+                self._transient_in_a_row = 0
+                self.halt.clear()
+                self._wake()
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+
+    def _requeue(self, batch: list[Held]) -> None:
+        for held in batch:
+            self._in_flight.discard(held.event_id)
+        self._queue.extendleft(reversed(batch))
+        self._wake()
+
+    def _take_queue(self) -> list[Held]:
+        items = list(self._queue)
+        self._queue.clear()
+        return items
+
+    def _forget(self, held: Held) -> None:
+        self._held.pop(id(held), None)
+        if self._sent_log is not None and not held.accepted:
+            self._sent_log.forget([held.event_id])
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    async def _wait_change(self, seconds: float) -> None:
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds)
+
+    def _backlog_age(self) -> float:
+        stored = [held.stored_at for held in self._held.values()]
+        return max(0.0, time.time() - min(stored)) if stored else 0.0
+
+
+Loop = Callable[[], Coroutine[Any, Any, None]]

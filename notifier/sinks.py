@@ -1,0 +1,134 @@
+"""Where messages go: the Telegram Bot API (python-telegram-bot) or, with NOTIFIER_SINK=log, the log.
+
+`probe` asks Telegram whether the bot may post to the chat now, without posting: getChat succeeds
+for a chat where the bot may not post (muted, restricted, not an admin of a channel), so the probe
+reads the bot's own membership (getChatMember) and the chat's default permissions. A private chat has
+no membership to read: there the probe is sendChatAction, which fails exactly as sendMessage would
+(blocked by the user) and otherwise shows "typing" for a moment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import structlog
+from telegram import Bot, LinkPreviewOptions
+from telegram.constants import ParseMode
+from telegram.error import BadRequest
+
+from notifier.settings import ChatId, Settings
+from notifier.transport import AiohttpRequest
+
+log = structlog.get_logger(__name__)
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+CONNECT_TIMEOUT = 5.0
+
+
+class Sink(Protocol):
+    """Sends one message to a chat; raises telegram.error.TelegramError subclasses on failure."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, chat_id: ChatId, text: str) -> None: ...
+
+    async def probe(self, chat_id: ChatId) -> None:
+        """Raise what `send` would raise if the bot cannot post to the chat (bad token, kicked, no rights)."""
+
+
+class NoRightToPostError(BadRequest):
+    """The probe found the bot in the chat without the right to post (a bot-level BadRequest)."""
+
+
+def may_post(chat: dict[str, Any], member: dict[str, Any]) -> str | None:  # noqa: PLR0911 (one return per rule)
+    """None if a bot with this membership may post to this chat; else why not (Telegram's own words)."""
+    status = member.get("status")
+    kind = chat.get("type")
+    if status in {"left", "kicked"}:
+        return f"bot is not a member of the chat (status {status})"
+    if kind == "channel":
+        if status == "creator" or (status == "administrator" and member.get("can_post_messages", False)):
+            return None
+        return "not enough rights to post in the channel (need administrator rights with can_post_messages)"
+    if status in {"creator", "administrator"}:
+        return None
+    if status == "restricted" and not (member.get("is_member", False) and member.get("can_send_messages", False)):
+        return "not enough rights to send text messages to the chat (bot restricted)"
+    if status in {"member", "restricted"} and not (chat.get("permissions") or {}).get("can_send_messages", True):
+        return "not enough rights to send text messages to the chat (members may not send)"
+    return None
+
+
+class TelegramSink:
+    """sendMessage with parse_mode=HTML and link previews off; explicit timeouts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._request = AiohttpRequest(
+            pool_size=settings.notifier_concurrency,
+            read_timeout=settings.telegram_timeout,
+            connect_timeout=min(CONNECT_TIMEOUT, settings.telegram_timeout),
+        )
+        self._bot = Bot(
+            settings.token,
+            base_url=f"{settings.telegram_api_base_url}/bot",
+            request=self._request,
+            get_updates_request=AiohttpRequest(pool_size=1, read_timeout=30, connect_timeout=CONNECT_TIMEOUT),
+        )
+        # a token is "<bot id>:<secret>": the id is needed to read the bot's own membership
+        self._bot_id = int(settings.token.split(":", 1)[0]) if settings.token.split(":", 1)[0].isdigit() else 0
+
+    async def start(self) -> None:
+        # not bot.initialize(): it calls getMe, and a bad token must pause the replica, not crash it
+        await self._request.initialize()
+
+    async def stop(self) -> None:
+        await self._request.shutdown()
+
+    async def send(self, chat_id: ChatId, text: str) -> None:
+        # Bot.send_message with the answer left raw: turning it into a full telegram.Message costs
+        # about a third of a send's CPU, and only Telegram's "ok" matters here (PTB still maps errors).
+        # Bot API method names are case-insensitive; the lowercase name keeps PTB from warning that
+        # send_message exists.
+        await self._bot.do_api_request(
+            "sendmessage",
+            api_kwargs={
+                "chat_id": chat_id,
+                "text": text,
+                "parse_mode": ParseMode.HTML,
+                "link_preview_options": _NO_PREVIEW,
+            },
+        )
+
+    async def probe(self, chat_id: ChatId) -> None:
+        # raw answers: only a few fields matter, and PTB's full objects cost a lot to build
+        if isinstance(chat_id, int) and chat_id > 0:
+            await self._bot.do_api_request("sendchataction", api_kwargs={"chat_id": chat_id, "action": "typing"})
+            return
+        chat = await self._bot.do_api_request("getchat", api_kwargs={"chat_id": chat_id})
+        member = await self._bot.do_api_request(
+            "getchatmember", api_kwargs={"chat_id": chat_id, "user_id": self._bot_id}
+        )
+        why_not = may_post(chat if isinstance(chat, dict) else {}, member if isinstance(member, dict) else {})
+        if why_not is not None:
+            raise NoRightToPostError(why_not)
+
+
+class LogSink:
+    """Writes the message it would send to the log; always succeeds."""
+
+    async def start(self) -> None:
+        log.info("sink.log", detail="NOTIFIER_SINK=log: messages are logged, not sent")
+
+    async def stop(self) -> None:
+        return None
+
+    async def send(self, chat_id: ChatId, text: str) -> None:
+        log.info("telegram.would_send", chat_id=chat_id, text=text)
+
+    async def probe(self, chat_id: ChatId) -> None:  # noqa: ARG002 (Sink's signature)
+        return None
+
+
+def make_sink(settings: Settings) -> Sink:
+    return LogSink() if settings.notifier_sink == "log" else TelegramSink(settings)

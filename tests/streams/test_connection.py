@@ -1,0 +1,115 @@
+"""streams.connection.connect notices a dead server in seconds, not the minutes of nats-py's defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Self
+
+from streams import connection
+from streams.connection import NatsSettings
+from tests.services import LOCALHOST, NatsServer
+
+
+class FreezableProxy:
+    """A TCP proxy to nats-server whose open connections can be frozen.
+
+    Freezing stops forwarding in both directions while both sockets stay open: what a client sees of a
+    server behind a dead network path or a crashed host (a half-open connection, no FIN, no RST).
+    Connections made after the freeze are forwarded normally, so a client can reconnect.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._accept, LOCALHOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self.freeze()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOCALHOST}:{self.port}"
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        server_reader, server_writer = await asyncio.open_connection(LOCALHOST, self.upstream_port)
+        self._writers += [client_writer, server_writer]
+        for reader, writer in ((client_reader, server_writer), (server_reader, client_writer)):
+            pump = asyncio.create_task(self._pump(reader, writer))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def freeze(self) -> None:
+        """Stop forwarding on every open connection; leave the sockets open."""
+        pumps = list(self._pumps)
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+def test_a_stale_connection_is_declared_within_ten_seconds() -> None:
+    """nats-py declares the connection stale when a tick finds more than max_outstanding_pings unanswered.
+
+    So the worst case is (MAX_OUTSTANDING_PINGS + 1) * PING_INTERVAL after the server stops answering.
+    """
+    assert connection.PING_INTERVAL * connection.MAX_OUTSTANDING_PINGS <= 10
+    assert (connection.MAX_OUTSTANDING_PINGS + 1) * connection.PING_INTERVAL <= 10
+    # a server under load still has a few seconds to answer a ping before we give up on it
+    assert connection.MAX_OUTSTANDING_PINGS * connection.PING_INTERVAL >= 4
+
+
+async def test_half_open_connection_is_noticed_and_replaced(nats_server: NatsServer) -> None:
+    """A server that stops answering (sockets still open) is dropped within 12 s, and the client reconnects."""
+    disconnected = asyncio.Event()
+    reconnected = asyncio.Event()
+
+    async def on_disconnected() -> None:
+        disconnected.set()
+
+    async def on_reconnected() -> None:
+        reconnected.set()
+
+    async with FreezableProxy(nats_server.port) as proxy:
+        settings = NatsSettings.model_validate({"NATS_URL": proxy.url})
+        nc = await connection.connect(
+            settings, name="test-half-open", on_disconnected=on_disconnected, on_reconnected=on_reconnected
+        )
+        try:
+            await nc.flush(timeout=2)
+            assert nc.is_connected
+            await proxy.freeze()
+            frozen_at = time.monotonic()
+            # the connection was made just now, so this is the worst case: (2 + 1) pings of 3 s = 9 s
+            await asyncio.wait_for(disconnected.wait(), timeout=12)
+            noticed_after = time.monotonic() - frozen_at
+            await asyncio.wait_for(reconnected.wait(), timeout=3)
+            await nc.flush(timeout=2)  # the new connection works
+        finally:
+            await nc.close()
+
+    assert noticed_after <= 12
+    assert noticed_after >= connection.PING_INTERVAL * connection.MAX_OUTSTANDING_PINGS - 1  # pings did it
+    assert proxy.connections == 2
