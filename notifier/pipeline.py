@@ -25,12 +25,14 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 import structlog
 from nats.aio.msg import Msg
+from telegram.error import RetryAfter
 
 from notifier.chats import ChatGate, ChatRoute
 from notifier.formatting import Event, MalformedEventError, render_fitting
@@ -437,6 +439,8 @@ class Pipeline:
         await self._enact(batch, None)
 
     async def _failed(self, chat_id: ChatId, batch: list[Held], error: Exception) -> None:
+        if isinstance(error, RetryAfter):  # before any await: no other sender of this replica may go now
+            self._gate.hold(chat_id, _seconds(error.retry_after))
         if is_transient(error):
             self._transient_in_a_row += 1
         else:
@@ -457,11 +461,9 @@ class Pipeline:
             event_ids=[held.event_id for held in batch],
         )
         if self._sent_log is not None and not answer_lost(error):
-            with contextlib.suppress(Exception):  # only the "may repeat" line depends on it
-                await asyncio.wait_for(self._sent_log.refused(held.event_id for held in batch), NATS_RETRY * 4)
+            self._sent_log.refused(held.event_id for held in batch)  # only the "may repeat" line depends on it
         if outcome.decision in {Decision.RETRY, Decision.DEAD_LETTER}:
-            # each event by its own delivery count
-            for held in batch:
+            for held in batch:  # each by its own delivery count
                 await self._enact([held], self._decide_alone(error, held))
             return
         await self._enact(batch, outcome, chat_id)
@@ -618,8 +620,6 @@ class Pipeline:
 
     def _forget(self, held: Held) -> None:
         self._held.pop(id(held), None)
-        if self._sent_log is not None and not held.accepted:
-            self._sent_log.forget([held.event_id])
 
     def _wake(self) -> None:
         self._changed.set()
@@ -634,4 +634,5 @@ class Pipeline:
         return max(0.0, time.time() - min(stored)) if stored else 0.0
 
 
-Loop = Callable[[], Coroutine[Any, Any, None]]
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)

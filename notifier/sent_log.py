@@ -9,6 +9,7 @@ One key per event (`streams.subjects.sent_key`), kept as long as the stream keep
 | `refused` | after Telegram refused it (an answer was read)       | NOT_SENT                                 |
 | (none)    |                                                      | NOT_SENT                                 |
 
+Writes for one event are chained (each waits for the one before), so they land in the order made.
 An older record with an empty value means `sent`. A MAYBE_SENT event is sent again (Telegram has no
 idempotency key) with a line saying it may repeat an earlier message.
 """
@@ -16,6 +17,7 @@ idempotency key) with a line saying it may repeat an earlier message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
@@ -31,6 +33,7 @@ log = structlog.get_logger(__name__)
 SENT = b"sent"
 SENDING = b"sending"
 REFUSED = b"refused"
+WRITE_TIMEOUT = 5.0
 
 
 class Record(StrEnum):
@@ -40,11 +43,12 @@ class Record(StrEnum):
 
 
 class SentLog:
+    """Reads and writes of `todos_sent`. Writes for one event are chained, so they land in the order made."""
+
     def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self._kv, self._js = kv, js
         self._prefix = f"$KV.{subjects.SENT_BUCKET}."
-        # marks still on their way: a later write for the event waits for its mark, so it lands last
-        self._marks: dict[str, asyncio.Future[Any]] = {}
+        self._last: dict[str, asyncio.Future[Any]] = {}  # event id -> its latest write, maybe under way
 
     async def lookup(self, event_id: str) -> Record:
         try:
@@ -61,42 +65,41 @@ class SentLog:
     async def lookup_all(self, event_ids: Iterable[str]) -> list[Record]:
         return list(await asyncio.gather(*(self.lookup(event_id) for event_id in event_ids)))
 
+    def _write(self, event_id: str, value: bytes) -> asyncio.Future[Any]:
+        before = self._last.get(event_id)
+        subject = self._prefix + subjects.sent_key(event_id)
+
+        async def write() -> None:
+            if before is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(before)
+            await self._js.publish(subject, value, timeout=WRITE_TIMEOUT)
+
+        future = asyncio.ensure_future(write())
+        self._last[event_id] = future
+
+        def done(_: asyncio.Future[Any]) -> None:
+            if self._last.get(event_id) is future:
+                del self._last[event_id]
+
+        future.add_done_callback(done)
+        return future
+
     def sending(self, event_ids: Iterable[str]) -> None:
-        """Mark the events as leaving now; fire and forget (a lost mark only loses the 'may repeat' line)."""
+        """Mark the events as leaving now; not awaited (a lost mark only loses the 'may repeat' line)."""
         for event_id in event_ids:
-            try:
-                future = asyncio.ensure_future(
-                    self._js.publish(self._prefix + subjects.sent_key(event_id), SENDING, timeout=5.0)
-                )
-            except Exception as error:
-                log.debug("sent_log.mark_failed", error=str(error) or type(error).__name__)
-                continue
-            future.add_done_callback(_quiet)
-            self._marks[event_id] = future
+            self._write(event_id, SENDING).add_done_callback(_quiet)
 
-    async def _settled_marks(self, event_ids: list[str]) -> None:
-        marks = [mark for event_id in event_ids if (mark := self._marks.pop(event_id, None)) is not None]
-        if marks:
-            await asyncio.wait(marks)
-
-    def forget(self, event_ids: Iterable[str]) -> None:
-        """Stop tracking the marks of events this replica let go."""
+    def refused(self, event_ids: Iterable[str]) -> None:
+        """Telegram answered and did not take them (a later delivery is a plain first try); not awaited."""
         for event_id in event_ids:
-            self._marks.pop(event_id, None)
+            self._write(event_id, REFUSED).add_done_callback(_quiet)
 
     async def sent(self, event_ids: Iterable[str]) -> None:
-        """Record that Telegram accepted the events (raises on NATS trouble: the caller retries)."""
-        ids = list(event_ids)
-        await self._settled_marks(ids)
-        await asyncio.gather(*(self._kv.put(subjects.sent_key(event_id), SENT) for event_id in ids))
-
-    async def refused(self, event_ids: Iterable[str]) -> None:
-        """Telegram answered and did not take them: a later delivery is a plain first try again."""
-        ids = list(event_ids)
-        await self._settled_marks(ids)
-        await asyncio.gather(*(self._kv.put(subjects.sent_key(event_id), REFUSED) for event_id in ids))
+        """Record that Telegram accepted the events; raises on NATS trouble (the caller retries)."""
+        await asyncio.gather(*(self._write(event_id, SENT) for event_id in event_ids))
 
 
 def _quiet(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
-        log.debug("sent_log.mark_failed", error=str(future.exception()) or "error")
+        log.debug("sent_log.write_failed", error=str(future.exception()) or "error")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
@@ -15,16 +16,28 @@ _secrets: set[str] = set()
 REDACTED = "[REDACTED]"
 
 
+_pattern: re.Pattern[str] | None = None
+
+
 def register_secret(secret: str) -> None:
-    """Never let `secret` reach a log line, from structlog or from any stdlib logger (httpx...)."""
+    """Never let `secret` reach a log line, from structlog or from any stdlib logger (httpx...).
+
+    Matched in any letter case: python-telegram-bot capitalizes error descriptions (str.capitalize()
+    lowercases the rest), so a token quoted by Telegram comes back lowercased.
+    """
+    global _pattern  # noqa: PLW0603 (one registry per process)
     if secret:
         _secrets.add(secret)
+        alternatives = "|".join(re.escape(known) for known in sorted(_secrets, key=len, reverse=True))
+        _pattern = re.compile(alternatives, re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
-        text = text.replace(secret, REDACTED)
-    return text
+    return _pattern.sub(REDACTED, text) if _pattern is not None else text
+
+
+def _holds_secret(text: str) -> bool:
+    return _pattern is not None and _pattern.search(text) is not None
 
 
 def _redact_event(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -35,7 +48,7 @@ def _redact_event(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Muta
             event_dict[key] = redact(value)
         elif value is not None and not isinstance(value, int | float | bool):
             redacted = redact(repr(value) if not isinstance(value, BaseException) else str(value))
-            if any(secret in repr(value) for secret in _secrets):
+            if _holds_secret(repr(value)) or _holds_secret(str(value)):
                 event_dict[key] = redacted
     return event_dict
 
