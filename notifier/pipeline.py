@@ -40,7 +40,7 @@ from notifier.metrics import Metrics
 from notifier.pacing import Pacer
 from notifier.policy import Decision, Outcome, answer_lost, decide, is_transient, released_on_last_delivery
 from notifier.sent_log import Record, SentLog
-from notifier.settings import ChatId
+from notifier.settings import ChatId, Settings
 from notifier.sinks import Sink
 from streams import subjects
 
@@ -161,23 +161,15 @@ class Shape:
     max_retry_delay: float
 
     @classmethod
-    def of(
-        cls, *, paced: bool, concurrency: int, max_events: int, probe_interval: float, max_retry_delay: float
-    ) -> Shape:
-        if paced:
+    def of(cls, settings: Settings, *, paced: bool) -> Shape:
+        concurrency, max_events = settings.notifier_concurrency, settings.notifier_max_events_per_message
+        if paced:  # one sender, grouping what piles up while the chat waits for its slots
             capacity = max(2 * concurrency, PACED_CAPACITY_MESSAGES * max_events)
             senders, fetch_batch = 1, PACED_FETCH_BATCH
-        else:
+        else:  # one event per message, `concurrency` messages at once
             capacity, senders, fetch_batch, max_events = 2 * concurrency, concurrency, 2 * concurrency, 1
-        return cls(
-            paced=paced,
-            senders=senders,
-            max_events=max_events,
-            capacity=capacity,
-            fetch_batch=fetch_batch,
-            probe_interval=probe_interval,
-            max_retry_delay=max_retry_delay,
-        )
+        return cls(paced, senders, max_events, capacity, fetch_batch,
+                   settings.notifier_probe_interval, settings.notifier_retry_max_delay)  # fmt: skip
 
 
 class Pipeline:

@@ -110,13 +110,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
             pacer = Pacer(state, gate, settings.telegram_chat_rate, settings.telegram_group_rate)
             source, sent_log = jetstream, SentLog(await js.key_value(subjects.SENT_BUCKET), js)
         paced = settings.notifier_sink == "telegram" and pacer.paces(route.current)
-        shape = Shape.of(
-            paced=paced,
-            concurrency=settings.notifier_concurrency,
-            max_events=settings.notifier_max_events_per_message,
-            probe_interval=settings.notifier_probe_interval,
-            max_retry_delay=settings.notifier_retry_max_delay,
-        )
+        shape = Shape.of(settings, paced=paced)
         metrics.pause_seconds.set_function(lambda: gate.remaining(route.current))
         pipeline = Pipeline(
             source=source,

@@ -243,3 +243,19 @@ async def test_paced_chat_not_found_pauses_then_resumes(fake, js, replicas):
     await asyncio.sleep(0.3)
     assert sorted(events_in(fake.sent)) == sorted(expected)
     assert await list_dead_letters(js) == []
+
+
+async def test_after_a_429_no_unpaced_replica_sends_before_retry_after(fake, js, replicas):
+    """Three unpaced replicas in a burst: one meets a 429 (retry_after=2). Only requests already on their
+    way may arrive after it; none starts later until retry_after has passed (the pause is shared)."""
+    fake.fail_429, fake.retry_after = 1, 2
+    trio = [replicas(fake, NOTIFIER_CONCURRENCY="2") for _ in range(3)]
+    await asyncio.gather(*(replica.wait_ready() for replica in trio))
+    expected = await publish_burst(js, 90)
+    await wait_until(lambda: len(events_in(fake.sent)) >= 90, 40, "90 events")
+    limited = next(r for r in fake.requests if r.status == 429)
+    early = [r.at - limited.at for r in sends(fake) if limited.at + 0.1 < r.at < limited.at + 2.0]
+    assert early == [], f"sendMessage {early} s after the 429"
+    on_the_way = [r for r in sends(fake) if r is not limited and limited.at <= r.at <= limited.at + 0.1]
+    assert len(on_the_way) <= 6  # at most what 3 replicas x 2 senders had started
+    assert sorted(events_in(fake.sent)) == sorted(expected)
