@@ -29,6 +29,7 @@ class CoreSource:
     max_deliver = 0
     ack_wait = math.inf  # nothing is redelivered: a held event is this replica's until it is sent
     epoch = 0
+    delivered_since = 0.0  # no ack deadline in core mode
 
     def __init__(self, nc: Client) -> None:
         self._nc = nc

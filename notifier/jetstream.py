@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 from nats.aio.client import Client
@@ -42,6 +43,12 @@ class JetStreamSource:
         self.max_deliver = topology.MAX_DELIVER
         self.ack_wait = topology.ACK_WAIT
         self._reconnected = asyncio.Event()
+        # monotonic time before which none of the messages the last fetch returned was delivered, so
+        # ack deadlines are counted from there, never later. A fetch hands out, first, what waits in
+        # nats-py's queue: deliveries to the previous fetch's pull request (it may linger on the server
+        # after that fetch timed out), so then the bound is the previous fetch's start.
+        self.delivered_since = time.monotonic()
+        self._last_start = self.delivered_since
 
     @property
     def connected(self) -> bool:
@@ -103,8 +110,12 @@ class JetStreamSource:
             await asyncio.sleep(REBIND_DELAY)
             return []
         assert self._psub is not None
+        started = time.monotonic()
+        left_behind = not self._psub._sub._pending_queue.empty()  # noqa: SLF001 (nats-py keeps it private)
+        since = self._last_start if left_behind else started
+        self._last_start = started
         try:
-            return await asyncio.wait_for(
+            msgs = await asyncio.wait_for(
                 self._psub.fetch(batch, timeout=FETCH_TIMEOUT), FETCH_TIMEOUT + WATCHDOG_MARGIN
             )
         except TimeoutError:  # idle (nats TimeoutError, a bare asyncio one, or the watchdog)
@@ -117,6 +128,8 @@ class JetStreamSource:
             log.warning("consumer.fetch_failed", error=str(error) or type(error).__name__)
             await asyncio.sleep(REBIND_DELAY)
             return []
+        self.delivered_since = since
+        return msgs
 
     async def ack(self, msg: Msg) -> None:
         # a lost ack (NATS away) only means a redelivery, which todos_sent then acks unsent

@@ -91,6 +91,11 @@ class Source(Protocol):
 
     async def fetch(self, batch: int) -> list[Msg]: ...
 
+    @property
+    def delivered_since(self) -> float:
+        """Monotonic time before which no message of the last fetch was delivered (ack deadlines start there)."""
+        ...
+
     async def ack(self, msg: Msg) -> None: ...
 
     async def nak(self, msg: Msg, delay: float) -> None: ...
@@ -252,13 +257,13 @@ class Pipeline:
             if self._stopping:  # SIGTERM during the fetch: give them back at once
                 await asyncio.gather(*(self._source.nak(msg, 0) for msg in msgs), return_exceptions=True)
                 return
+            since = self._source.delivered_since
             for msg in msgs:
-                await self._admit(msg)
+                await self._admit(msg, since)
             if msgs:
                 self._wake()
 
-    async def _admit(self, msg: Msg) -> None:
-        now = time.monotonic()
+    async def _admit(self, msg: Msg, now: float) -> None:
         try:
             meta = msg.metadata
             deliveries, stored_at = meta.num_delivered or 1, meta.timestamp.timestamp()

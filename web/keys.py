@@ -16,4 +16,3 @@ METRICS = web.AppKey("metrics", Metrics)
 BROKER = web.AppKey("broker", Broker)
 # set by a handler right after it committed an outbox row; the relay waits on it
 OUTBOX_WAKEUP = web.AppKey("outbox_wakeup", asyncio.Event)
-RELAY_TASK = web.AppKey("relay_task", asyncio.Task[None])

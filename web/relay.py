@@ -25,7 +25,7 @@ from tortoise.transactions import in_transaction
 
 from web import db
 from web.broker import Broker
-from web.keys import BROKER, METRICS, OUTBOX_WAKEUP, RELAY_TASK, SETTINGS
+from web.keys import BROKER, METRICS, OUTBOX_WAKEUP, SETTINGS
 from web.metrics import Metrics
 from web.models import OutboxEvent
 from web.publisher import NoStreamError, Publisher
@@ -177,7 +177,6 @@ async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     relay = Relay(app[BROKER], app[METRICS], app[OUTBOX_WAKEUP])
     task = asyncio.create_task(relay.run(), name="outbox-relay")
-    app[RELAY_TASK] = task
     yield
     relay.stop()
     try:

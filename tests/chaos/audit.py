@@ -3,6 +3,11 @@
 An event is identified by its content: (change, payload), the payload being the todo JSON the API
 answered (every change has a unique task text and every update a new updatedAt, so no two changes
 share a key). Unknown outcomes (answer lost) are settled from the final state of the database.
+
+A duplicate (a copy of an event beyond the first) is *flagged* when its block's headline carries the
+notifier's "may repeat" line (notifier.formatting.MAY_REPEAT_NOTE): an earlier send's answer was lost,
+and the chat is told so. That is the one kind of duplicate the notifier accepts; any other is counted
+apart, as explained when a fault happened around its first copy.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from notifier.formatting import MAY_REPEAT_NOTE
 from streams import subjects
 from streams.subjects import Change
 from tests.chaos.load import Attempt, Ledger, Outcome
@@ -56,16 +62,27 @@ async def read_stream(js: JetStreamContext, stream: str = subjects.STREAM) -> li
     return events
 
 
-def delivered_events(sent: list[Sent]) -> list[tuple[Key, Sent]]:
-    """Every event block of every accepted message, with the change named by the line before it."""
+@dataclass(frozen=True)
+class Delivery:
+    """One event block of an accepted message."""
+
+    key: Key
+    message: Sent
+    flagged: bool  # its headline says it may repeat a message whose answer was lost (MAY_REPEAT_NOTE)
+
+
+def deliveries_of(sent: list[Sent]) -> list[Delivery]:
+    """Every event block of every accepted message, with the change named by the lines before it, and
+    whether those lines (the block's headline) carry the "may repeat" note."""
     found = []
     for message in sent:
         position = 0
         for match in _BLOCK.finditer(message.text):
-            named = _CHANGE.findall(message.text[position : match.start()])
+            before = html.unescape(message.text[position : match.start()])
+            named = _CHANGE.findall(before)
             position = match.end()
             payload = json.loads(html.unescape(match.group(1)))
-            found.append((key(named[-1] if named else "created", payload), message))
+            found.append(Delivery(key(named[-1] if named else "created", payload), message, MAY_REPEAT_NOTE in before))
     return found
 
 
@@ -79,7 +96,11 @@ class Audit:
     delivered: int = 0
     lost: int = 0  # committed, never delivered, although the system settled
     undelivered: int = 0  # committed, not delivered when the run stopped waiting without settling: not known lost
+    # copies of an event beyond the first (beyond the stream's, when the stream holds it twice), by cause:
     duplicates: int = 0
+    # the copy says so: its headline carries MAY_REPEAT_NOTE (an earlier send's answer was lost)
+    flagged_duplicates: int = 0
+    # not flagged, but a fault (or a slow answer of the fake) happened around the first copy
     explained_duplicates: int = 0
     stream_duplicates: int = 0
     phantoms: int = 0
@@ -89,6 +110,16 @@ class Audit:
     def note(self, text: str) -> None:
         if len(self.details) < MAX_DETAILS:
             self.details.append(text)
+
+    @property
+    def unflagged_duplicates(self) -> int:
+        """Copies the chat shows with no word that they may repeat an earlier message."""
+        return self.duplicates - self.flagged_duplicates
+
+    @property
+    def unexplained_duplicates(self) -> int:
+        """Unflagged copies no fault explains."""
+        return self.unflagged_duplicates - self.explained_duplicates
 
 
 def _settle_unknown(attempt: Attempt, rows: dict[str, dict[str, Any]]) -> bool:
@@ -152,32 +183,42 @@ def audit(  # noqa: C901, PLR0912
     for change, payload in sorted(set(in_stream) - expected):
         result.phantoms += 1
         result.note(f"PHANTOM in the stream (no committed change): {change} {payload}")
-    deliveries = delivered_events(sent)
+    deliveries = deliveries_of(sent)
     result.delivered = len(deliveries)
-    copies: dict[Key, list[Sent]] = defaultdict(list)
-    for event_key, message in deliveries:
-        copies[event_key].append(message)
+    copies: dict[Key, list[Delivery]] = defaultdict(list)
+    for delivery in deliveries:
+        copies[delivery.key].append(delivery)
     for change, payload in sorted(expected - set(copies)):
         where = "in the stream, never delivered" if (change, payload) in in_stream else "not in the stream"
         _missing(result, settled, f"({where}): {change} {payload}")
-    for event_key, messages in copies.items():
+    for event_key, found in copies.items():
         if event_key not in expected and event_key not in in_stream:
             result.phantoms += 1
             result.note(f"PHANTOM delivered (no committed change): {event_key}")
         # an event the stream holds twice (counted in stream_duplicates) is rightly delivered twice:
         # only copies beyond the stream's are the notifier's duplicates
-        extra = len(messages) - max(1, in_stream[event_key])
-        if extra > 0:
-            result.duplicates += extra
-            first = messages[0]
-            if first.message_id in slow_ids or any(
-                f.explains_duplicates and f.start - 2 <= first.at <= f.end + 3 for f in faults
-            ):
-                result.explained_duplicates += extra
-            else:
-                when = ", ".join(f"{message.at - faults[-1].end:+.1f}s" for message in messages) if faults else ""
-                after = f", copies at {when} after the last fault ended" if when else ""
-                result.note(f"DUPLICATE x{len(messages)} with no fault near it{after}: {event_key}")
+        extra = found[max(1, in_stream[event_key]) :]
+        if not extra:
+            continue
+        result.duplicates += len(extra)
+        flagged = sum(1 for delivery in extra if delivery.flagged)
+        result.flagged_duplicates += flagged
+        if flagged == len(extra):
+            continue
+        first = found[0].message
+        if first.message_id in slow_ids or any(
+            f.explains_duplicates and f.start - 2 <= first.at <= f.end + 3 for f in faults
+        ):
+            result.explained_duplicates += len(extra) - flagged
+            cause = "near a fault"
+        else:
+            cause = "with no fault near it"
+        shown = ", ".join(
+            f"#{d.message.message_id}{' (flagged)' if d.flagged else ''}"
+            + (f" {d.message.at - faults[-1].end:+.1f}s after the last fault ended" if faults else "")
+            for d in found
+        )
+        result.note(f"UNFLAGGED DUPLICATE x{len(found)} {cause} (messages {shown}): {event_key}")
     result.inconsistent = _check_state(rows, stream, result)
     return result
 

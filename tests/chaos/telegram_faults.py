@@ -2,18 +2,24 @@
 
 A slow answer is given after the message was accepted (as Telegram does when the network is slow):
 the client times out, retries, and the chat gets the message twice. Those messages are remembered
-in `slow_ids` so a duplicate can be traced back to its cause.
+in `slow_ids` so a duplicate can be traced back to its cause. `HookedTelegram` runs a hook (a fault
+elsewhere) between accepting a chosen message and answering it; `by_method` and `refused_sends` count
+what the notifiers asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.fake_telegram import FakeTelegram, TelegramError
+from tests.fake_telegram import FakeTelegram, Request, TelegramError
 
 
 @dataclass
@@ -58,3 +64,50 @@ class FaultyTelegram(FakeTelegram):
         elif self.answer_delay:
             await asyncio.sleep(self.answer_delay)
         return response
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class HookedTelegram(FaultyTelegram):
+    """FaultyTelegram that runs a hook when it accepts a chosen message, before answering it.
+
+    `before_answering(n, hook)`: the nth accepted message (message_id n) is recorded as sent, then
+    `hook` runs, and only then does the notifier read Telegram's ok (e.g. the hook stops nats-server,
+    so the sender sees the ok and cannot record or ack it).
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._hooks: dict[int, Hook] = {}
+        self.hooked: dict[int, float] = {}  # message_id -> when its hook returned (monotonic)
+
+    def before_answering(self, message_id: int, hook: Hook) -> None:
+        self._hooks[message_id] = hook
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        response = await super()._handle(request)
+        if request.match_info["method"].lower() != "sendmessage" or response.status != 200:
+            return response
+        assert isinstance(response.body, bytes)
+        message_id = int(json.loads(response.body)["result"]["message_id"])
+        hook = self._hooks.pop(message_id, None)
+        if hook is not None:
+            await hook()
+            self.hooked[message_id] = time.monotonic()
+        return response
+
+
+def by_method(requests: Iterable[Request]) -> Counter[str]:
+    """How many requests of each Bot API method (lower case, as method names are case-insensitive)."""
+    return Counter(request.method.lower() for request in requests)
+
+
+def refused_sends(requests: Iterable[Request], start: float = 0.0, end: float = float("inf")) -> list[Request]:
+    """The sendMessage requests Telegram answered with an error (not those the client gave up on), in [start, end]."""
+    return [
+        request
+        for request in requests
+        if request.method.lower() == "sendmessage" and request.status not in (200, 499) and start <= request.at <= end
+    ]
