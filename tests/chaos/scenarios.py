@@ -1,41 +1,73 @@
 """The fault scenarios, and running one: start the system, drive the load while the faults happen, settle, audit.
 
 Each scenario is the faults it injects (in step with the load's progress), the fake Telegram it
-talks to, and whether duplicates are acceptable. `bench/chaos.py` runs them at 1,000 changes,
-tests/chaos at a size that keeps the suite short.
+talks to, which duplicates are acceptable, and any rules of its own. `bench/chaos.py` runs them at
+1,000 changes, tests/chaos at a size that keeps the suite short.
+
+Long faults (minutes in production) are scaled in time, never slept through: the fault's length,
+NOTIFIER_PROBE_INTERVAL (30 s by default) and NOTIFIER_RETRY_MAX_DELAY (60 s) are all divided by the
+same factor, so the scaled fault spans as many probe intervals and capped retry delays as the real
+one does with the default settings. Not scaled: the consumer's ack wait (5 s), the first probe
+(1 s at most), OUTAGE_AFTER (3 failures in a row); each scaled fault still lasts 3 or more ack waits,
+so holding events alive (in_progress) through it is exercised as in the real one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 from nats.js.api import ConsumerInfo, StreamInfo
 
-from streams import subjects
-from tests.chaos.audit import Audit, audit, read_stream
+from notifier.policy import MAX_RETRY_DELAY
+from notifier.settings import Settings
+from streams import subjects, topology
+from tests.chaos.audit import Audit, audit, deliveries_of, read_stream
 from tests.chaos.load import Load
 from tests.chaos.system import System
-from tests.chaos.telegram_faults import FaultyTelegram
+from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram, by_method, refused_sends
 from tests.services import Postgres
 
 SETTLE_TIMEOUT = 90.0
 SETTLE_POLL = 0.2
 
 
+class Duplicates(StrEnum):
+    """Which copies of an already delivered event a scenario accepts."""
+
+    NONE = "none"  # not one, not even flagged
+    FLAGGED = "flagged"  # only copies whose headline says they may repeat (an earlier answer was lost)
+    EXPLAINED = "explained"  # also unflagged copies of a message sent around a fault or answered late by the fake
+
+
+def _no_rules(report: Report) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    title: str
+    title: str  # may name a fact the run notes, e.g. {sent}; "N" until it is known
     faults: Callable[[System, Load], Coroutine[None, None, None]]
     telegram: Callable[[], FaultyTelegram] = FaultyTelegram
     notifier_env: dict[str, str] = field(default_factory=dict)
-    duplicates_allowed: bool = False  # beyond those a fault explains
+    duplicates: Duplicates = Duplicates.FLAGGED
+    rules: Callable[[Report], list[str]] = _no_rules  # the scenario's own requirements: each broken one, in words
+
+    def heading(self, facts: Mapping[str, Any] | None = None) -> str:
+        """The title with the facts it names filled in ("N" for those not known)."""
+        return self.title.format_map(_Known(facts or {}))
+
+
+class _Known(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "N"
 
 
 async def _kills(system: System, load: Load) -> None:
@@ -62,6 +94,127 @@ async def _nothing(system: System, load: Load) -> None:
     """The faults are in the fake Telegram."""
 
 
+# --- long faults, scaled (see the module's docstring) -----------------------------------------------
+
+FAULT_AT = 0.3  # the share of the load done when a long fault starts
+DEFAULT_PROBE_INTERVAL = float(Settings.model_fields["notifier_probe_interval"].default)  # 30 s
+RIGHTS_SCALE = 12  # 3 minutes without rights -> 15 s, probing every 2.5 s (6 intervals, as 3 min at 30 s)
+RIGHTS_LOST_FOR = 180.0 / RIGHTS_SCALE
+OUTAGE_SCALE = 30  # 10 minutes of 503s -> 20 s, probing every 1 s, retries capped at 2 s
+OUTAGE_FOR = 600.0 / OUTAGE_SCALE
+FREEZE_FOR = 3 * topology.ACK_WAIT  # a SIGSTOPped replica: its events' ack wait runs out 3 times over
+NATS_DOWN_FOR = 3.0
+# a replica that pauses sends only what it had in flight when the first refusal came: a handful, not
+# one per event per probe; nor is a delivery spent while events are held
+REFUSED_SENDS_PER_REPLICA = 16
+REDELIVERIES_PER_REPLICA = 8
+
+
+def scaled_settings(factor: float) -> dict[str, str]:
+    """NOTIFIER_PROBE_INTERVAL and NOTIFIER_RETRY_MAX_DELAY, their defaults divided by `factor`."""
+    return {
+        "NOTIFIER_PROBE_INTERVAL": f"{DEFAULT_PROBE_INTERVAL / factor:g}",
+        "NOTIFIER_RETRY_MAX_DELAY": f"{MAX_RETRY_DELAY / factor:g}",
+    }
+
+
+async def _rights(system: System, load: Load) -> None:
+    await load.reached(FAULT_AT)
+    await system.revoke_rights(RIGHTS_LOST_FOR)
+
+
+async def _telegram_outage(system: System, load: Load) -> None:
+    await load.reached(FAULT_AT)
+    await system.telegram_outage(503, OUTAGE_FOR)
+
+
+async def _nats_during_record(system: System, load: Load) -> None:
+    # the message accepted when about FAULT_AT of the load is done (one event per message: unpaced)
+    await system.stop_nats_before_answering(max(1, round(FAULT_AT * load.changes)), NATS_DOWN_FOR)
+
+
+async def _sigstop(system: System, load: Load) -> None:
+    await load.reached(FAULT_AT)
+    frozen = system.notifiers[1]
+    system.facts["frozen"] = frozen.name
+    await system.freeze(frozen, FREEZE_FOR)
+
+
+async def _consumer_recreated(system: System, load: Load) -> None:
+    await load.reached(1.0)
+    settling = await settle(system, SETTLE_TIMEOUT)
+    if not settling.settled:
+        raise RuntimeError(f"did not settle before the consumer was to be deleted: {settling.last}")
+    system.facts["sent"] = len(deliveries_of(system.telegram.sent))
+    system.facts["messages_before"] = len(system.telegram.sent)
+    system.facts["log_marks"] = system.log_marks()
+    system.facts["deleted_at"] = time.monotonic()
+    await system.recreate_consumer()
+
+
+def _halts(report: Report) -> dict[str, int]:
+    return {name: counts.get("telegram.halted", 0) for name, counts in report.notifier_logs.items()}
+
+
+def _holding_rules(report: Report) -> list[str]:
+    """A pause or an outage: each replica halts once, sends little while halted, spends few deliveries."""
+    replicas = len(report.notifier_logs) or 1
+    halts, resumes = _halts(report), {n: c.get("telegram.resumed", 0) for n, c in report.notifier_logs.items()}
+    rules = [
+        (not any(halts.values()), "no replica halted"),
+        (
+            any(count > 1 for count in halts.values()),
+            f"a replica halted more than once in one fault (halts per replica {halts}): it resumed too early",
+        ),
+        (halts != resumes, f"halts {halts} and resumes {resumes} differ: a replica did not resume"),
+        (
+            report.refused_sends > REFUSED_SENDS_PER_REPLICA * replicas,
+            f"{report.refused_sends} sendMessage requests refused, more than {REFUSED_SENDS_PER_REPLICA} per replica",
+        ),
+        (
+            report.redelivered is None or report.redelivered > REDELIVERIES_PER_REPLICA * replicas,
+            f"{report.redelivered} redeliveries, more than {REDELIVERIES_PER_REPLICA} per replica",
+        ),
+    ]
+    return [message for broken, message in rules if broken]
+
+
+def _rights_rules(report: Report) -> list[str]:
+    found = _holding_rules(report)
+    if not report.requests.get("getchatmember"):
+        found.append("the probes never read the bot's membership (getChatMember)")
+    return found
+
+
+def _outage_rules(report: Report) -> list[str]:
+    found = _holding_rules(report)
+    if not report.requests.get("getchat"):
+        found.append("no probe (getChat) during the outage")
+    return found
+
+
+def _nats_during_record_rules(report: Report) -> list[str]:
+    return [] if report.facts.get("hooked") else ["the chosen message was never accepted: the fault did not happen"]
+
+
+def _sigstop_rules(report: Report) -> list[str]:
+    return [] if report.facts.get("frozen") else ["no replica was frozen"]
+
+
+def _consumer_recreated_rules(report: Report) -> list[str]:
+    facts, found = report.facts, []
+    if facts.get("messages_after", 0):
+        found.append(f"{facts['messages_after']} messages reached the chat after the consumer was deleted")
+    if not facts.get("recreated"):
+        found.append("no notifier logged consumer.recreated")
+    if facts.get("suppressed", 0) < report.audit.in_stream:
+        found.append(
+            f"only {facts.get('suppressed', 0)} of {report.audit.in_stream} events came again and were recognised "
+            "as sent (event.duplicate_suppressed): the new consumer did not replay the stream"
+        )
+    return found
+
+
 def _flaky_telegram() -> FaultyTelegram:
     # 10% 500s; every 50th message starts a burst of five 429s (retry_after 1 s); 3% of messages
     # accepted but answered after 1.5 s, past the notifier's 0.5 s client timeout
@@ -76,6 +229,7 @@ SCENARIOS = [
         "SIGKILL 3 notifier replicas and the API",
         _kills,
         telegram=lambda: FaultyTelegram(answer_delay=0.02),  # replicas hold events when killed
+        duplicates=Duplicates.EXPLAINED,
     ),
     Scenario("nats", "nats-server restarted (2 s down)", _nats_restart),
     Scenario(
@@ -93,7 +247,46 @@ SCENARIOS = [
         _nothing,
         telegram=_flaky_telegram,
         notifier_env={"TELEGRAM_TIMEOUT": "0.5"},
-        duplicates_allowed=True,
+        duplicates=Duplicates.EXPLAINED,  # a message answered after the client gave up is sent again
+    ),
+    Scenario(
+        "rights",
+        f"bot without rights for 3 minutes (scaled 1/{RIGHTS_SCALE}: {RIGHTS_LOST_FOR:g} s)",
+        _rights,
+        notifier_env=scaled_settings(RIGHTS_SCALE),
+        duplicates=Duplicates.NONE,
+        rules=_rights_rules,
+    ),
+    Scenario(
+        "telegram_outage",
+        f"Telegram 503 for 10 minutes (scaled 1/{OUTAGE_SCALE}: {OUTAGE_FOR:g} s)",
+        _telegram_outage,
+        notifier_env=scaled_settings(OUTAGE_SCALE),
+        duplicates=Duplicates.NONE,
+        rules=_outage_rules,
+    ),
+    Scenario(
+        "nats_during_record",
+        f"nats-server down ({NATS_DOWN_FOR:g} s) between Telegram's ok and the record",
+        _nats_during_record,
+        telegram=HookedTelegram,
+        duplicates=Duplicates.NONE,
+        rules=_nats_during_record_rules,
+    ),
+    Scenario(
+        "sigstop",
+        f"a replica SIGSTOPped for 3 x the ack wait ({FREEZE_FOR:g} s)",
+        _sigstop,
+        telegram=lambda: FaultyTelegram(answer_delay=0.05),  # a send is likely in flight when it stops
+        duplicates=Duplicates.FLAGGED,
+        rules=_sigstop_rules,
+    ),
+    Scenario(
+        "consumer_recreated",
+        "consumer deleted and replicas restarted after {sent} sent events",
+        _consumer_recreated,
+        duplicates=Duplicates.NONE,
+        rules=_consumer_recreated_rules,
     ),
 ]
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
@@ -115,6 +308,12 @@ class Report:
     settled: bool
     seconds: float
     settle_state: str = ""  # the last look before giving up, when it did not settle
+    # deliveries beyond each event's first (the consumer's deliveries minus the events it delivered)
+    redelivered: int | None = None
+    requests: dict[str, int] = field(default_factory=dict)  # Bot API requests by method (lower case)
+    refused_sends: int = 0  # sendMessage requests Telegram answered with an error
+    notifier_logs: dict[str, dict[str, int]] = field(default_factory=dict)  # replica -> watched log event -> count
+    facts: dict[str, Any] = field(default_factory=dict)  # what the scenario noted
 
     @property
     def server_errors(self) -> dict[int, int]:
@@ -223,6 +422,39 @@ async def settle(system: Settleable, timeout: float, *, poll: float = SETTLE_POL
         await asyncio.sleep(poll)
 
 
+async def _redelivered(system: System) -> int | None:
+    """Deliveries beyond the first: the consumer numbers every delivery, the stream every event."""
+    try:
+        stream = await system.js.stream_info(subjects.STREAM)
+        consumer = await system.js.consumer_info(subjects.STREAM, subjects.CONSUMER)
+    except Exception:
+        return None
+    if consumer.delivered is None or consumer.delivered.consumer_seq is None or consumer.delivered.stream_seq is None:
+        return None
+    events = consumer.delivered.stream_seq - stream.state.first_seq + 1 if consumer.delivered.stream_seq else 0
+    return consumer.delivered.consumer_seq - events
+
+
+def _facts(system: System, telegram: FaultyTelegram) -> dict[str, Any]:
+    """What the scenario noted, plus what can be read off the fake and the logs afterwards."""
+    facts = dict(system.facts)
+    marks = facts.pop("log_marks", None)
+    if isinstance(telegram, HookedTelegram):
+        facts["hooked"] = sorted(telegram.hooked)
+    if "deleted_at" in facts:
+        deleted_at = facts.pop("deleted_at")
+        facts["messages_after"] = sum(1 for message in telegram.sent if message.at >= deleted_at)
+        since = system.notifier_log_events(marks)
+        facts["recreated"] = sum(counts["consumer.recreated"] for counts in since.values())
+        facts["suppressed"] = sum(counts["event.duplicate_suppressed"] for counts in since.values())
+    if system.faults:
+        fault = system.faults[0]
+        refused = refused_sends(telegram.requests, fault.start, fault.end + 1.0)
+        if refused:
+            facts["refused_within"] = f"{refused[-1].at - fault.start:.1f} s of the fault's start"
+    return facts
+
+
 async def _todos(base_url: str) -> dict[str, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, session.get(f"{base_url}/api/todos") as response:
         response.raise_for_status()
@@ -253,6 +485,9 @@ async def run(
         stream = await read_stream(system.js)
         dead = (await system.js.stream_info(subjects.DLQ_STREAM)).state.messages
         outbox = await system.outbox_rows()
+        redelivered = await _redelivered(system)
+        logs = {name: dict(counts) for name, counts in system.notifier_log_events().items()}
+        facts = _facts(system, telegram)
         result = audit(
             load.ledger,
             rows=rows,
@@ -264,7 +499,7 @@ async def run(
         )
     return Report(
         scenario=scenario.name,
-        title=scenario.title,
+        title=scenario.heading(facts),
         changes=changes,
         audit=result,
         statuses=dict(load.ledger.statuses),
@@ -279,13 +514,31 @@ async def run(
         settled=settling.settled,
         seconds=time.monotonic() - started,
         settle_state="" if settling.settled else str(settling.last),
+        redelivered=redelivered,
+        requests=dict(by_method(telegram.requests)),
+        refused_sends=len(refused_sends(telegram.requests)),
+        notifier_logs=logs,
+        facts=facts,
     )
 
 
 COLUMNS = (
     "scenario", "changes committed", "answer lost (committed)", "events in stream", "messages", "events delivered",
-    "lost", "duplicates", "503s", "other 5xx", "dead letters", "seconds",
+    "lost", "duplicates (flagged)", "API 503s", "API other 5xx", "dead letters", "redelivered", "refused sends",
+    "seconds",
 )  # fmt: skip
+
+
+def duplicates_cell(a: Audit) -> str:
+    """E.g. "3 (2 flagged, 1 after a fault)"."""
+    if not a.duplicates:
+        return "0"
+    parts = [f"{a.flagged_duplicates} flagged"]
+    if a.explained_duplicates:
+        parts.append(f"{a.explained_duplicates} unflagged after a fault")
+    if a.unexplained_duplicates:
+        parts.append(f"{a.unexplained_duplicates} unflagged, no fault")
+    return f"{a.duplicates} ({', '.join(parts)})"
 
 
 def table(reports: list[Report]) -> str:
@@ -293,12 +546,12 @@ def table(reports: list[Report]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for report in reports:
         a = report.audit
-        duplicates = f"{a.duplicates} ({a.explained_duplicates} after a fault)" if a.duplicates else "0"
         lost = a.lost if report.settled else f"{a.lost} (did not settle: {a.undelivered} undelivered)"
         cells = [
             report.title, a.committed, f"{a.unknown} ({a.unknown_committed})", a.in_stream, a.messages,
-            a.delivered, lost, duplicates, report.statuses.get(503, 0), sum(report.server_errors.values()),
-            report.dead_letters, f"{report.seconds:.0f}",
+            a.delivered, lost, duplicates_cell(a), report.statuses.get(503, 0), sum(report.server_errors.values()),
+            report.dead_letters, "?" if report.redelivered is None else report.redelivered, report.refused_sends,
+            f"{report.seconds:.0f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines)

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from tests.chaos.scenarios import SETTLE_TIMEOUT, Report, Scenario
+from tests.chaos.audit import Audit
+from tests.chaos.scenarios import SETTLE_TIMEOUT, Duplicates, Report, Scenario
+
+
+def duplicate_problem(a: Audit, allowed: Duplicates) -> str:
+    """The duplicates the scenario does not accept, in words ("" when none)."""
+    if allowed is Duplicates.NONE and a.duplicates:
+        return f"{a.duplicates} duplicates ({a.flagged_duplicates} flagged as may-repeat): this fault allows none"
+    if allowed is Duplicates.FLAGGED and a.unflagged_duplicates:
+        return f"{a.unflagged_duplicates} duplicates not flagged as may-repeat ({a.flagged_duplicates} flagged)"
+    if allowed is Duplicates.EXPLAINED and a.unexplained_duplicates:
+        return f"{a.unexplained_duplicates} duplicates neither flagged as may-repeat nor explained by a fault"
+    return ""
 
 
 def problems(report: Report, scenario: Scenario) -> list[str]:
     """Every broken rule, in words; empty when the scenario passed."""
     a = report.audit
     outage = scenario.name == "postgres"
-    unexplained = 0 if scenario.duplicates_allowed else a.duplicates - a.explained_duplicates
+    duplicates = duplicate_problem(a, scenario.duplicates)
     rules = [
         (
             not report.settled,
@@ -28,7 +40,7 @@ def problems(report: Report, scenario: Scenario) -> list[str]:
         (report.unexpected, f"unexpected answers: {report.unexpected[:5]}"),
         (outage and not report.statuses.get(503), "no 503 seen while PostgreSQL was down"),
         (not outage and report.statuses.get(503), "503 answers without a database outage"),
-        (unexplained, f"{unexplained} duplicates no fault explains"),
+        (duplicates, duplicates),
         (a.committed < report.changes * 0.9, f"only {a.committed} of {report.changes} changes committed"),
     ]
-    return [message for broken, message in rules if broken]
+    return [message for broken, message in rules if broken] + scenario.rules(report)

@@ -6,10 +6,11 @@ import signal
 import time
 import uuid
 
-from notifier.formatting import parse_message
+from notifier.formatting import MAY_REPEAT_NOTE, parse_message
 from notifier.sent_log import SentLog
 from streams import subjects
 from streams.subjects import Change
+from tests.chaos.telegram_faults import FaultyTelegram
 from tests.notifier.conftest import CHAT_ID, make_todo, publish, wait_until
 
 
@@ -167,3 +168,28 @@ async def test_log_sink_needs_no_telegram(js, replicas):
         return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq == 1
 
     await wait_until(acked, what="the event acked")
+
+
+async def test_a_grouped_message_repeated_after_a_crash_says_it_may_repeat(js, replicas):
+    """SIGKILL while Telegram answers a grouped message: Telegram has it, nobody read the ok. The next
+    replica sends the events again (the Bot API has no idempotency key) and says, for each, that it may
+    repeat an earlier message; a first send carries no such line."""
+    todos = [make_todo(f"grouped {n}") for n in range(4)]
+    for todo in todos:  # a backlog before the replica starts: one message for all four
+        await publish(js, todo=todo)
+    async with FaultyTelegram(answer_delay=60.0) as slow:
+        env = {"TELEGRAM_CHAT_RATE": "1/1s", "TELEGRAM_GROUP_RATE": "off", "TELEGRAM_TIMEOUT": "120"}
+        first = replicas(slow, **env)
+        await wait_until(lambda: len(slow.sent) == 1, 20, "the grouped message accepted")
+        assert parse_message(slow.sent[0].text) == todos
+        first.signal(signal.SIGKILL)
+        slow.answer_delay = 0.0
+        second = replicas(slow, **env)
+        await second.wait_ready()
+        await wait_until(lambda: len(slow.sent) >= 2, 20, "the events sent again")
+        await asyncio.sleep(0.5)
+    [original, *repeats] = slow.sent
+    assert [todo for m in repeats for todo in parse_message(m.text)] == todos
+    for message in repeats:  # every event sent again carries the line, before its block
+        assert message.text.count(MAY_REPEAT_NOTE) == len(parse_message(message.text))
+    assert MAY_REPEAT_NOTE not in original.text
