@@ -13,6 +13,12 @@ times (replicas on different hosts share them; NTP keeps clocks within milliseco
 SLOT_MARGIN after what the limit allows, because requests reach Telegram a little earlier or later than
 planned. Every replica also watches the pace keys, so a 429 met by one holds all of them (ChatGate),
 even with pacing off.
+
+Bad clocks and bad values never stop a chat: each slot also records when it was reserved, on the
+reserving replica's clock (`reserved_at`), and before every reservation the log is repaired: a slot
+reserved more than one step ahead of this replica's clock (a replica whose clock runs fast), chained on
+such a slot, not finite, or further ahead than MAX_AHEAD is dropped; a `paused_until` further ahead
+than MAX_PAUSE is ignored; an unreadable value is a clean state. Every repair is logged once.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +48,6 @@ CLOCK_TOLERANCE = 1.0  # the least lead of another replica's clock taken for a b
 _INFINITY = float("inf")
 CAS_ATTEMPTS = 50
 WATCH_RETRY = 1.0
-_NUMERIC = re.compile(r"-?\d+")
 
 
 def is_group(chat_id: ChatId) -> bool:
