@@ -1,7 +1,11 @@
 """`just chaos`: every fault scenario at 1,000 todo changes, against the real processes; prints a table.
 
-Usage: python bench/chaos.py [--changes 1000] [--rate 100] [--only kills,nats,postgres,telegram]
+Usage: python bench/chaos.py [--changes 1000] [--rate 100] [--only kills,nats,rights,sigstop ...]
                              [--notifier-env TELEGRAM_GROUP_RATE=20/4s ...]
+The table shows, per scenario, what was lost, the duplicates (and how many of them were flagged in
+the chat as "may repeat"), the dead letters, the deliveries beyond each event's first (redelivered)
+and the sendMessage requests Telegram refused. The long faults (rights, telegram_outage, sigstop) are
+scaled in time (tests/chaos/scenarios.py says how) and last as long at any size.
 Writes bench/results/chaos.json (and the processes' logs of a failed scenario under
 bench/results/chaos-logs/). Exits 1 when a change was lost or a scenario broke its rules.
 """
@@ -34,7 +38,7 @@ async def main(args: argparse.Namespace) -> int:
         work = Path(tmp)
         with Postgres(work / "pg") as postgres:
             for scenario in chosen:
-                print(f"running {scenario.name}: {scenario.title} ({args.changes} changes)", flush=True)
+                print(f"running {scenario.name}: {scenario.heading()} ({args.changes} changes)", flush=True)
                 env = dict(item.split("=", 1) for item in args.notifier_env)
                 report = await run(
                     scenario, args.changes, postgres, work / scenario.name, rate=args.rate, notifier_env=env
@@ -49,6 +53,8 @@ async def main(args: argparse.Namespace) -> int:
                     print(f"  logs kept in {kept}", flush=True)
                 for detail in report.audit.details:
                     print(f"  {detail}", flush=True)
+                if report.facts:
+                    print(f"  facts: {report.facts}", flush=True)
     print()
     print(table(reports))
     RESULTS.mkdir(parents=True, exist_ok=True)

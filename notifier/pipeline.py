@@ -458,7 +458,8 @@ class Pipeline:
             event_ids=[held.event_id for held in batch],
         )
         if self._sent_log is not None and not answer_lost(error):
-            self._sent_log.refused(held.event_id for held in batch)  # only the "may repeat" line depends on it
+            # only the "may repeat" line depends on it; an earlier attempt whose answer was lost stays marked
+            self._sent_log.refused(held.event_id for held in batch if held.event is None or not held.event.may_repeat)
         if outcome.decision in {Decision.RETRY, Decision.DEAD_LETTER}:
             for held in batch:  # each by its own delivery count
                 await self._enact([held], self._decide_alone(error, held))
@@ -486,6 +487,12 @@ class Pipeline:
                 self._forget(held)
             return
         chat = chat_id if chat_id is not None else self._route.current
+        if outcome.decision in {Decision.RETRY, Decision.DEAD_LETTER, Decision.RELEASE}:
+            # a delivery whose lease lapsed (the replica was frozen during the send) may be another
+            # replica's now: a nak or term from here could settle it under that replica. Let it go.
+            for held in [held for held in batch if self._lapsed(held)]:
+                batch.remove(held)
+                self._let_go(held)
         match outcome.decision:
             case Decision.WAIT:
                 self._metrics.rate_limited.inc()
@@ -546,7 +553,7 @@ class Pipeline:
         return 0.8 * self._source.ack_wait
 
     def _lapsed(self, held: Held) -> bool:
-        if held.accepted or held.event_id in self._in_flight:
+        if held.accepted:
             return False
         return held.epoch != self._source.epoch or time.monotonic() - held.renewed > self._lease
 
@@ -556,8 +563,11 @@ class Pipeline:
         JetStream delivers them again after the ack wait, late rather than twice."""
         for held in [held for held in self._queue if self._lapsed(held)]:
             self._queue.remove(held)
-            self._forget(held)
-            log.info("event.let_go", event_id=held.event_id, reason="lease lapsed (NATS reconnect or a freeze)")
+            self._let_go(held)
+
+    def _let_go(self, held: Held) -> None:
+        self._forget(held)
+        log.info("event.let_go", event_id=held.event_id, reason="lease lapsed (NATS reconnect or a freeze)")
 
     async def _keep_alive_forever(self) -> None:
         """in_progress() for every held event, so a slow or paced send is not redelivered elsewhere."""

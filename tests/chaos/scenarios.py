@@ -24,11 +24,12 @@ from typing import Any, Protocol
 
 import aiohttp
 from nats.js.api import ConsumerInfo, StreamInfo
+from nats.js.errors import KeyNotFoundError
 
 from notifier.policy import MAX_RETRY_DELAY
 from notifier.settings import Settings
 from streams import subjects, topology
-from tests.chaos.audit import Audit, audit, deliveries_of, read_stream
+from tests.chaos.audit import Audit, StreamEvent, audit, deliveries_of, read_stream
 from tests.chaos.load import Load
 from tests.chaos.system import System
 from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram, by_method, refused_sends
@@ -103,6 +104,7 @@ RIGHTS_LOST_FOR = 180.0 / RIGHTS_SCALE
 OUTAGE_SCALE = 30  # 10 minutes of 503s -> 20 s, probing every 1 s, retries capped at 2 s
 OUTAGE_FOR = 600.0 / OUTAGE_SCALE
 FREEZE_FOR = 3 * topology.ACK_WAIT  # a SIGSTOPped replica: its events' ack wait runs out 3 times over
+AWAKE_BEFORE_SETTLING = 3.0
 NATS_DOWN_FOR = 3.0
 # a replica that pauses sends only what it had in flight when the first refusal came: a handful, not
 # one per event per probe; nor is a delivery spent while events are held
@@ -138,6 +140,9 @@ async def _sigstop(system: System, load: Load) -> None:
     frozen = system.notifiers[1]
     system.facts["frozen"] = frozen.name
     await system.freeze(frozen, FREEZE_FOR)
+    # settling would end the run at once (the others sent everything long ago): give the woken replica
+    # time to act on what it still holds, so anything it would send late is seen
+    await asyncio.sleep(AWAKE_BEFORE_SETTLING)
 
 
 async def _consumer_recreated(system: System, load: Load) -> None:
@@ -194,7 +199,12 @@ def _outage_rules(report: Report) -> list[str]:
 
 
 def _nats_during_record_rules(report: Report) -> list[str]:
-    return [] if report.facts.get("hooked") else ["the chosen message was never accepted: the fault did not happen"]
+    if not report.facts.get("hooked"):
+        return ["the chosen message was never accepted: the fault did not happen"]
+    records = report.facts.get("hooked_records", {})
+    if any(value != "sent" for value in records.values()) or not records:
+        return [f"todos_sent does not say sent for the message accepted while NATS was down: {records}"]
+    return []
 
 
 def _sigstop_rules(report: Report) -> list[str]:
@@ -429,10 +439,31 @@ async def _redelivered(system: System) -> int | None:
         consumer = await system.js.consumer_info(subjects.STREAM, subjects.CONSUMER)
     except Exception:
         return None
-    if consumer.delivered is None or consumer.delivered.consumer_seq is None or consumer.delivered.stream_seq is None:
+    delivered = consumer.delivered
+    if delivered is None or delivered.consumer_seq is None or delivered.stream_seq is None:
         return None
-    events = consumer.delivered.stream_seq - stream.state.first_seq + 1 if consumer.delivered.stream_seq else 0
-    return consumer.delivered.consumer_seq - events
+    # every event up to the last one delivered was delivered at least once (deliver policy all, no filter gaps)
+    events = int(delivered.stream_seq) - int(stream.state.first_seq) + 1 if delivered.stream_seq else 0
+    return int(delivered.consumer_seq) - events
+
+
+async def _records(system: System, stream: list[StreamEvent], message_ids: list[int]) -> dict[int, str]:
+    """What todos_sent holds for the event of each of these messages ("sent", "sending", "refused", "none")."""
+    kv = await system.js.key_value(subjects.SENT_BUCKET)
+    by_key = {event.key: event for event in stream}
+    found: dict[int, str] = {}
+    for delivery in deliveries_of([m for m in system.telegram.sent if m.message_id in message_ids]):
+        event = by_key.get(delivery.key)
+        if event is None:
+            found[delivery.message.message_id] = "not in the stream"
+            continue
+        try:
+            entry = await kv.get(subjects.sent_key(event.msg_id))
+        except KeyNotFoundError:
+            found[delivery.message.message_id] = "none"
+        else:
+            found[delivery.message.message_id] = (entry.value or b"sent").decode()
+    return found
 
 
 def _facts(system: System, telegram: FaultyTelegram) -> dict[str, Any]:
@@ -451,7 +482,7 @@ def _facts(system: System, telegram: FaultyTelegram) -> dict[str, Any]:
         fault = system.faults[0]
         refused = refused_sends(telegram.requests, fault.start, fault.end + 1.0)
         if refused:
-            facts["refused_within"] = f"{refused[-1].at - fault.start:.1f} s of the fault's start"
+            facts["last_refused_send"] = f"+{refused[-1].at - fault.start:.1f}s after the fault began"
     return facts
 
 
@@ -488,6 +519,8 @@ async def run(
         redelivered = await _redelivered(system)
         logs = {name: dict(counts) for name, counts in system.notifier_log_events().items()}
         facts = _facts(system, telegram)
+        if isinstance(telegram, HookedTelegram):
+            facts["hooked_records"] = await _records(system, stream, sorted(telegram.hooked))
         result = audit(
             load.ledger,
             rows=rows,

@@ -52,6 +52,7 @@ def describe(report: Report) -> str:
             *report.faults,
             f"facts: {report.facts}",
             f"Bot API requests: {report.requests}; refused sendMessage: {report.refused_sends}",
+            f"injected by the fake: {report.injected}",
             f"redelivered: {report.redelivered}; dead letters: {report.dead_letters}",
             f"notifier logs: {logs}",
             *report.audit.details,
@@ -154,6 +155,9 @@ async def test_nats_during_record(chaos_postgres: Postgres, tmp_path: Path) -> N
     report = await _run("nats_during_record", chaos_postgres, tmp_path)
     summary = describe(report)
     assert report.facts.get("hooked"), "the fault did not happen\n" + summary
+    records = report.facts.get("hooked_records", {})
+    assert records, summary
+    assert set(records.values()) == {"sent"}, "the accepted event was not recorded\n" + summary
     assert report.audit.duplicates == 0, summary
     assert report.dead_letters == 0, summary
 

@@ -1,0 +1,153 @@
+"""The pipeline with stand-ins for NATS and Telegram: races too narrow to hit reliably from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from telegram.error import NetworkError, TimedOut
+
+from notifier.chats import ChatGate, ChatRoute
+from notifier.metrics import Metrics
+from notifier.pacing import Pacer
+from notifier.pipeline import Pipeline, Shape
+from notifier.sent_log import Record
+from streams import subjects
+
+ACK_WAIT = 1.0  # lease: 0.8 s
+
+
+class Msg:
+    subject = "todos.created"
+    reply = "reply"
+
+    def __init__(self, event_id: str) -> None:
+        self.headers = {subjects.MSG_ID_HEADER: event_id}
+        self.data = json.dumps({"id": event_id, "task": "x"}).encode()
+
+    @property
+    def metadata(self) -> Any:
+        raise AttributeError
+
+
+class Source:
+    connected, epoch, ready, max_deliver, ack_wait = True, 0, True, 30, ACK_WAIT
+
+    def __init__(self, *event_ids: str) -> None:
+        self.waiting = [Msg(event_id) for event_id in event_ids]
+        self.calls: list[str] = []
+        self.delivered_since = time.monotonic()
+
+    async def fetch(self, batch: int) -> list[Msg]:
+        if not self.waiting:
+            await asyncio.sleep(0.05)
+            return []
+        self.delivered_since = time.monotonic()
+        taken, self.waiting = self.waiting[:batch], self.waiting[batch:]
+        return taken
+
+    async def ack(self, msg: Msg) -> None:
+        self.calls.append("ack")
+
+    async def nak(self, msg: Msg, delay: float) -> None:
+        self.calls.append("nak")
+
+    async def term(self, msg: Msg, reason: str) -> None:
+        self.calls.append("term")
+
+    async def in_progress(self, msg: Msg) -> None:
+        self.calls.append("in_progress")
+
+    async def wait_connected(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class SentLog:
+    def __init__(self, record: Record = Record.NOT_SENT, freeze: float = 0.0) -> None:
+        self.record, self.freeze = record, freeze
+        self.writes: list[tuple[str, str]] = []
+
+    async def lookup_all(self, event_ids: Any) -> list[Record]:
+        ids = list(event_ids)
+        if self.freeze:
+            time.sleep(self.freeze)
+            self.freeze = 0.0
+        return [self.record for _ in ids]
+
+    def sending(self, event_ids: Any) -> None:
+        self.writes += [("sending", event_id) for event_id in event_ids]
+
+    def refused(self, event_ids: Any) -> None:
+        self.writes += [("refused", event_id) for event_id in event_ids]
+
+    async def sent(self, event_ids: Any) -> None:
+        self.writes += [("sent", event_id) for event_id in event_ids]
+
+
+class Sink:
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.texts: list[str] = []
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, chat_id: Any, text: str) -> None:
+        self.texts.append(text)
+        if self.failures:
+            raise self.failures.pop(0)
+
+    async def probe(self, chat_id: Any) -> None: ...
+
+
+async def run_for(seconds: float, source: Source, sink: Sink, sent_log: SentLog) -> Pipeline:
+    gate = ChatGate()
+    shape = Shape(paced=False, senders=1, max_events=1, capacity=4, fetch_batch=4, probe_interval=1.0,
+                  max_retry_delay=1.0)  # fmt: skip
+    pipeline = Pipeline(source=source, sink=sink, route=ChatRoute(-100123, None), gate=gate,  # type: ignore[arg-type]
+                        pacer=Pacer(None, gate, None, None), sent_log=sent_log, metrics=Metrics(), shape=shape)  # type: ignore[arg-type]  # fmt: skip
+    tasks = [asyncio.create_task(loop) for loop in pipeline.tasks().values()]
+    await asyncio.sleep(seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return pipeline
+
+
+async def test_a_lease_that_lapses_during_the_lookup_is_let_go_not_sent():
+    """Frozen (2 x the ack wait) while checking todos_sent: JetStream may have handed the event to another
+    replica, so it is neither sent, nor acked, nor nak'ed, nor kept alive: let go."""
+    source, sink, sent_log = Source("e1"), Sink(), SentLog(freeze=2.0)
+    pipeline = await run_for(0.5, source, sink, sent_log)
+    assert sink.texts == []
+    assert [call for call in source.calls if call != "in_progress"] == []
+    assert pipeline.held == 0
+
+
+async def test_a_refusal_does_not_erase_an_earlier_lost_answer():
+    """An event marked `sending` by an attempt whose answer was lost, refused now (500): it keeps its mark,
+    so the next attempt still says it may repeat."""
+    source, sink, sent_log = Source("e1"), Sink(NetworkError("Internal Server Error")), SentLog(Record.MAYBE_SENT)
+    await run_for(0.3, source, sink, sent_log)
+    assert "may repeat" in sink.texts[0]
+    assert ("refused", "e1") not in sent_log.writes
+    assert source.calls.count("nak") == 1
+
+
+async def test_a_plain_refusal_is_recorded_and_a_lost_answer_is_not():
+    source, sink, sent_log = Source("e1", "e2"), Sink(NetworkError("Bad Gateway"), TimedOut()), SentLog()
+    await run_for(0.3, source, sink, sent_log)
+    assert ("refused", "e1") in sent_log.writes
+    assert ("refused", "e2") not in sent_log.writes  # Telegram may have it: the mark `sending` stays
+    assert [write for write in sent_log.writes if write[0] == "sending"] == [("sending", "e1"), ("sending", "e2")]
+
+
+async def test_an_accepted_event_is_recorded_then_acked():
+    source, sink, sent_log = Source("e1"), Sink(), SentLog()
+    pipeline = await run_for(0.3, source, sink, sent_log)
+    assert sent_log.writes == [("sending", "e1"), ("sent", "e1")]
+    assert source.calls == ["ack"]
+    assert pipeline.held == 0
