@@ -56,6 +56,34 @@ PACED_FETCH_BATCH = 20
 FIRST_PROBE = 1.0
 
 
+class _Waiters:
+    """Senders waiting for work: a new event wakes one of them, not all (64 unpaced senders by default)."""
+
+    def __init__(self) -> None:
+        self._futures: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._futures.append(future)
+        try:
+            await asyncio.wait_for(future, seconds)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._futures.remove(future)
+
+    def wake(self, count: int = 1) -> None:
+        while count > 0 and self._futures:
+            future = self._futures.popleft()
+            if not future.done():
+                future.set_result(None)
+                count -= 1
+
+    def wake_all(self) -> None:
+        self.wake(len(self._futures))
+
+
 @dataclass(eq=False)
 class Held:
     """One delivery of an event, held by this replica until it is settled."""
@@ -198,7 +226,8 @@ class Pipeline:
         self._queue: deque[Held] = deque()
         self._held: dict[int, Held] = {}  # id(held) -> held: queued, being sent, or being recorded
         self._in_flight: set[str] = set()  # event ids in a message under way
-        self._changed = asyncio.Event()  # something senders or the fetcher wait for may have changed
+        self._work = _Waiters()  # senders wait here: one is woken per new piece of work
+        self._room = asyncio.Event()  # set when events were settled or the state changed (fetcher, finish)
         self._stopping = False
         self._transient_in_a_row = 0
         metrics.in_flight.set_function(lambda: len(self._held))
@@ -228,13 +257,13 @@ class Pipeline:
     async def finish(self, patience: float = FINISH_TIMEOUT) -> None:
         """Stop: fetch nothing more, release what waits in the queue, give messages under way `patience` s."""
         self._stopping = True
-        self._wake()
+        self._changed_state()
         await self._release(self._take_queue())
         deadline = time.monotonic() + patience
         if self._in_flight:
             log.info("pipeline.finishing", in_flight=len(self._in_flight), timeout=patience)
         while self._in_flight and (left := deadline - time.monotonic()) > 0:
-            await self._wait_change(left)
+            await self._wait_room(left)
 
     async def release_held(self) -> None:
         """After the loops ended (stopped or failed): give back everything still held."""
@@ -251,7 +280,7 @@ class Pipeline:
             room = self.shape.capacity - len(self._held)
             if self.halt.active or room < self.shape.capacity // 2 or not self._source.connected:
                 # halted: the backlog waits in the stream, untouched (no delivery spent)
-                await self._wait_change(1.0)
+                await self._wait_room(1.0)
                 continue
             msgs = await self._source.fetch(min(room, self.shape.fetch_batch))
             if self._stopping:  # SIGTERM during the fetch: give them back at once
@@ -260,8 +289,7 @@ class Pipeline:
             since = self._source.delivered_since
             for msg in msgs:
                 await self._admit(msg, since)
-            if msgs:
-                self._wake()
+            self._work.wake(len(msgs))
 
     async def _admit(self, msg: Msg, now: float) -> None:
         try:
@@ -302,7 +330,7 @@ class Pipeline:
             if self._stopping:
                 return None
             if not self._queue or self.halt.active:
-                await self._wait_change(1.0)
+                await self._work.wait(1.0)
                 continue
             chat_id = self._route.current
             if self.shape.paced:
@@ -310,21 +338,25 @@ class Pipeline:
                     delay = await self._pacer.reserve(chat_id)
                 except Exception as error:
                     log.warning("pacing.failed", error=str(error) or type(error).__name__, retry_in=NATS_RETRY)
-                    await self._wait_change(NATS_RETRY)
+                    await asyncio.sleep(NATS_RETRY)
                     continue
                 if delay > 0:
                     await asyncio.sleep(delay)
+            elif self._gate.remaining(chat_id) > 0:  # a 429 (here or at another replica)
+                await self._gate.wait(chat_id)
+                continue
             if not self._source.connected:
                 # neither could the send be recorded nor the events acked: wait for NATS
                 await self._source.wait_connected(NATS_RETRY)
                 continue
             self._let_go_lapsed()
             batch = self._take()
-            if not batch:
+            if not batch:  # what is queued waits for an earlier delivery of it, under way
+                await self._work.wait(1.0)
                 continue
             kept = await self._drop_already_sent(batch)
             if kept is None:
-                await self._wait_change(NATS_RETRY)
+                await asyncio.sleep(NATS_RETRY)
                 continue
             batch = kept
             if not batch:
@@ -340,8 +372,6 @@ class Pipeline:
             ):
                 self._requeue(batch)
                 self._let_go_lapsed()
-                if self._gate.remaining(chat_id) > 0 and not self.shape.paced:
-                    await self._gate.wait(chat_id)
                 continue
             return chat_id, batch
 
@@ -416,7 +446,9 @@ class Pipeline:
             await self._accepted(batch)
         finally:
             self._in_flight.difference_update(ids)
-            self._wake()
+            self._room.set()
+            if self._queue:  # a later delivery of one of them may wait for this message
+                self._work.wake()
 
     async def _accepted(self, batch: list[Held]) -> None:
         """Telegram took them: record them in `todos_sent` (retrying until NATS takes it), then ack."""
@@ -610,7 +642,7 @@ class Pipeline:
                     continue
                 self._transient_in_a_row = 0
                 self.halt.clear()
-                self._wake()
+                self._changed_state()
 
     # --- bookkeeping -----------------------------------------------------------------------------
 
@@ -618,7 +650,7 @@ class Pipeline:
         for held in batch:
             self._in_flight.discard(held.event_id)
         self._queue.extendleft(reversed(batch))
-        self._wake()
+        self._work.wake(len(batch))
 
     def _take_queue(self) -> list[Held]:
         items = list(self._queue)
@@ -627,14 +659,17 @@ class Pipeline:
 
     def _forget(self, held: Held) -> None:
         self._held.pop(id(held), None)
+        self._room.set()
 
-    def _wake(self) -> None:
-        self._changed.set()
+    def _changed_state(self) -> None:
+        """Stopping, or resumed after a halt: everyone looks again."""
+        self._work.wake_all()
+        self._room.set()
 
-    async def _wait_change(self, seconds: float) -> None:
-        self._changed.clear()
+    async def _wait_room(self, seconds: float) -> None:
+        self._room.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            await asyncio.wait_for(self._room.wait(), seconds)
 
     def _backlog_age(self) -> float:
         stored = [held.stored_at for held in self._held.values()]

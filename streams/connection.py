@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit, urlunsplit
 
-import nats
 import structlog
 from nats.aio.client import Client
 from pydantic import Field, ValidationError, field_validator
@@ -96,7 +96,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def connect(  # noqa: PLR0913 - keyword-only options of one call
+async def connect(  # noqa: C901, PLR0913 - keyword-only options of one call
     settings: NatsSettings,
     *,
     name: str,
@@ -129,21 +129,28 @@ async def connect(  # noqa: PLR0913 - keyword-only options of one call
         options["user_credentials"] = str(settings.nats_creds)
     if settings.nats_tls_ca is not None:
         options["tls"] = ssl.create_default_context(cafile=str(settings.nats_tls_ca))
-    nc = await nats.connect(
-        servers=settings.servers,
-        name=name,
-        connect_timeout=connect_timeout,
-        allow_reconnect=allow_reconnect,
-        max_reconnect_attempts=max_reconnect_attempts,
-        reconnect_time_wait=0.5,
-        ping_interval=PING_INTERVAL,
-        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-        disconnected_cb=disconnected,
-        reconnected_cb=reconnected,
-        error_cb=error,
-        closed_cb=closed,
-        **options,
-    )
+    nc = Client()
+    try:
+        await nc.connect(
+            servers=settings.servers,
+            name=name,
+            connect_timeout=connect_timeout,  # type: ignore[arg-type]  # nats-py types it int; it takes seconds
+            allow_reconnect=allow_reconnect,
+            max_reconnect_attempts=max_reconnect_attempts,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]
+            ping_interval=PING_INTERVAL,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+            closed_cb=closed,
+            **options,
+        )
+    except BaseException:
+        # cancelled (SIGTERM, an app stopping) or failed half-way: nats-py leaves its socket open
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
     if any(url.startswith("tls://") for url in settings.servers) and not server_info(nc).get("tls_required"):
         # nats-py upgrades only when the server demands TLS: never send credentials in the clear to a tls:// URL
         await nc.close()

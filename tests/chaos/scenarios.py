@@ -105,7 +105,8 @@ OUTAGE_SCALE = 30  # 10 minutes of 503s -> 20 s, probing every 1 s, retries capp
 OUTAGE_FOR = 600.0 / OUTAGE_SCALE
 FREEZE_FOR = 3 * topology.ACK_WAIT  # a SIGSTOPped replica: its events' ack wait runs out 3 times over
 AWAKE_BEFORE_SETTLING = 3.0
-NATS_DOWN_FOR = 3.0
+# longer than the notifier's KV write timeout (5 s): the todos_sent record fails and must be retried
+NATS_DOWN_FOR = 8.0
 # a replica that pauses sends only what it had in flight when the first refusal came: a handful, not
 # one per event per probe; nor is a delivery spent while events are held
 REFUSED_SENDS_PER_REPLICA = 16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from typing import Self
 
@@ -39,7 +40,11 @@ class FreezableProxy:
         await self.freeze()
         for writer in self._writers:
             writer.close()
+        # closed and collected while the loop runs: a StreamWriter collected after it warns (ResourceWarning)
+        await asyncio.gather(*(writer.wait_closed() for writer in self._writers), return_exceptions=True)
+        self._writers.clear()
         await self._server.wait_closed()
+        gc.collect()
 
     @property
     def url(self) -> str:
@@ -109,6 +114,7 @@ async def test_half_open_connection_is_noticed_and_replaced(nats_server: NatsSer
             await nc.flush(timeout=2)  # the new connection works
         finally:
             await nc.close()
+            gc.collect()  # nats-py's stale transport, collected while the loop still runs
 
     assert noticed_after <= 12
     assert noticed_after >= connection.PING_INTERVAL * connection.MAX_OUTSTANDING_PINGS - 1  # pings did it
