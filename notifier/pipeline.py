@@ -411,6 +411,7 @@ class Pipeline:
         kept = []
         for held, record in zip(batch, records, strict=True):
             if record is Record.SENT:
+                self._in_flight.discard(held.event_id)
                 self._metrics.duplicates.inc()
                 log.info("event.duplicate_suppressed", event_id=held.event_id, deliveries=held.deliveries)
                 await self._enact([held], None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from telegram.error import NetworkError, TimedOut
@@ -103,7 +104,9 @@ class Sink:
     async def probe(self, chat_id: Any) -> None: ...
 
 
-async def run_for(seconds: float, source: Source, sink: Sink, sent_log: SentLog) -> Pipeline:
+async def run_for(
+    seconds: float, source: Source, sink: Sink, sent_log: SentLog, then: Callable[[], None] | None = None
+) -> Pipeline:
     gate = ChatGate()
     shape = Shape(paced=False, senders=1, max_events=1, capacity=4, fetch_batch=4, probe_interval=1.0,
                   max_retry_delay=1.0)  # fmt: skip
@@ -111,6 +114,9 @@ async def run_for(seconds: float, source: Source, sink: Sink, sent_log: SentLog)
                         pacer=Pacer(None, gate, None, None), sent_log=sent_log, metrics=Metrics(), shape=shape)  # type: ignore[arg-type]  # fmt: skip
     tasks = [asyncio.create_task(loop) for loop in pipeline.tasks().values()]
     await asyncio.sleep(seconds)
+    if then is not None:
+        then()
+        await asyncio.sleep(seconds)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -150,4 +156,14 @@ async def test_an_accepted_event_is_recorded_then_acked():
     pipeline = await run_for(0.3, source, sink, sent_log)
     assert sent_log.writes == [("sending", "e1"), ("sent", "e1")]
     assert source.calls == ["ack"]
+    assert pipeline.held == 0
+
+
+async def test_an_event_sent_before_is_acked_and_a_later_delivery_of_it_is_not_stuck():
+    """A redelivery already in todos_sent is acked unsent; a later copy of the same event (a replay
+    carrying its id) is looked up and settled too, not left waiting behind the first."""
+    source, sink, sent_log = Source("e1"), Sink(), SentLog(Record.SENT)
+    pipeline = await run_for(0.2, source, sink, sent_log, then=lambda: source.waiting.append(Msg("e1")))
+    assert sink.texts == []
+    assert source.calls == ["ack", "ack"]
     assert pipeline.held == 0
