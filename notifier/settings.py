@@ -13,6 +13,7 @@ from streams.connection import NatsSettings
 from streams.logs import LogFormat
 
 ChatId = int | str
+_TOKEN = re.compile(r"\d+:[^\s:/]+")
 _CHANNEL = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,}")
 _RATE = re.compile(r"(\d+)\s*/\s*(\d+(?:\.\d+)?|\.\d+)?\s*(ms|s|m|min)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0}
@@ -118,6 +119,9 @@ class Settings(NatsSettings):
         if self.notifier_sink == "telegram":
             if self.telegram_access_token is None or not self.telegram_access_token.get_secret_value():
                 raise ValueError("TELEGRAM_ACCESS_TOKEN: field required (or set NOTIFIER_SINK=log)")
+            if not _TOKEN.fullmatch(self.telegram_access_token.get_secret_value()):
+                # the number before ':' is the bot's id, which the probe needs; the message never shows the token
+                raise ValueError("TELEGRAM_ACCESS_TOKEN: must look like 123456789:AA... (the token @BotFather gave)")
             if self.telegram_chat_id is None:
                 raise ValueError("TELEGRAM_CHAT_ID: field required (or set NOTIFIER_SINK=log)")
         return self

@@ -61,6 +61,7 @@ def test_missing_chat_id_stops_with_one_line_naming_it():
 @pytest.mark.parametrize(("env", "variable"), [
     ({"TELEGRAM_CHAT_ID": "1"}, "TELEGRAM_ACCESS_TOKEN"),
     ({"TELEGRAM_ACCESS_TOKEN": "1:abc", "TELEGRAM_CHAT_ID": "not a chat"}, "TELEGRAM_CHAT_ID"),
+    ({"TELEGRAM_ACCESS_TOKEN": "secret-without-bot-id", "TELEGRAM_CHAT_ID": "1"}, "TELEGRAM_ACCESS_TOKEN"),
     ({"TELEGRAM_ACCESS_TOKEN": "1:abc", "TELEGRAM_CHAT_ID": "1", "NOTIFIER_PORT": "http"}, "NOTIFIER_PORT"),
     ({"TELEGRAM_ACCESS_TOKEN": "1:abc", "TELEGRAM_CHAT_ID": "1", "NOTIFIER_MODE": "fast"}, "NOTIFIER_MODE"),
     ({"NOTIFIER_SINK": "log", "NATS_URL": ""}, "NATS_URL"),
@@ -77,6 +78,7 @@ def test_bad_settings_name_the_variable(monkeypatch, env, variable):
     message = str(stopped.value.code)
     assert variable in message
     assert "\n" not in message
+    assert "secret-without-bot-id" not in message  # a setting's value, maybe a secret, is never echoed
 
 
 def test_settings_accept_channel_names_and_the_log_sink(monkeypatch):
