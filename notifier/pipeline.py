@@ -38,7 +38,15 @@ from notifier.chats import ChatGate, ChatRoute
 from notifier.formatting import Event, MalformedEventError, render_fitting
 from notifier.metrics import Metrics
 from notifier.pacing import Pacer
-from notifier.policy import Decision, Outcome, answer_lost, decide, is_transient, released_on_last_delivery
+from notifier.policy import (
+    OUTAGE_AFTER,
+    Decision,
+    Outcome,
+    answer_lost,
+    decide,
+    is_transient,
+    released_on_last_delivery,
+)
 from notifier.sent_log import Record, SentLog
 from notifier.settings import ChatId, Settings
 from notifier.sinks import Sink
@@ -230,6 +238,7 @@ class Pipeline:
         self._room = asyncio.Event()  # set when events were settled or the state changed (fetcher, finish)
         self._stopping = False
         self._transient_in_a_row = 0
+        self._next_probe = 0.0  # after an outage's probe succeeded and until a send does: its backoff
         metrics.in_flight.set_function(lambda: len(self._held))
         metrics.backlog_age.set_function(self._backlog_age)
 
@@ -440,6 +449,7 @@ class Pipeline:
                 await self._failed(chat_id, batch, error)
                 return
             self._transient_in_a_row = 0
+            self._next_probe = 0.0
             self._metrics.send_latency.observe(time.monotonic() - started)
             self._metrics.events_per_message.observe(len(batch))
             for held in batch:
@@ -605,8 +615,10 @@ class Pipeline:
     async def _keep_alive_forever(self) -> None:
         """in_progress() for every held event, so a slow or paced send is not redelivered elsewhere."""
         while True:
-            every = 0.4 * self._source.ack_wait
-            await asyncio.sleep(min(every / 4, 1.0))
+            # renewed every fifth of the ack wait: a replica stalled (CPU-starved, paused by a debugger) for up
+            # to 0.6 x the ack wait keeps its leases; longer, and it lets the events go rather than race another
+            every = 0.2 * self._source.ack_wait
+            await asyncio.sleep(min(every / 4, 0.5))
             if not self._source.connected:
                 continue  # a keep-alive now would be queued and sent late: let the lease tell
             now = time.monotonic()
@@ -624,7 +636,8 @@ class Pipeline:
         """While halted: probe Telegram with backoff (up to NOTIFIER_PROBE_INTERVAL); resume when the bot may post."""
         while True:
             await self.halt.tripped.wait()
-            delay = min(FIRST_PROBE, self.shape.probe_interval)
+            # an outage that comes back before any send succeeded goes on with the backoff it had
+            delay = self._next_probe or min(FIRST_PROBE, self.shape.probe_interval)
             while self.halt.active:
                 await asyncio.sleep(delay)
                 delay = min(self.shape.probe_interval, delay * 2)
@@ -641,7 +654,13 @@ class Pipeline:
                         delay = max(delay, outcome.delay)
                     log.warning("telegram.still_halted", error=outcome.reason, next_probe_in=delay)
                     continue
-                self._transient_in_a_row = 0
+                if self.halt.kind is Decision.OUTAGE:
+                    # the probe got through, the sends may not (sendMessage failing alone): one more
+                    # transient failure, before any success, halts again, spending no delivery
+                    self._transient_in_a_row = OUTAGE_AFTER - 1
+                    self._next_probe = delay
+                else:
+                    self._transient_in_a_row = 0
                 self.halt.clear()
                 self._changed_state()
 

@@ -15,7 +15,7 @@ for every path (paced or not, JetStream or core mode). HOLD means the events sta
 | BadRequest (anything else), MalformedEventError    | DEAD_LETTER: this message can never be sent            |
 | TimedOut, NetworkError (5xx, connection), other:   |                                                        |
 |   OUTAGE_AFTER transient failures in a row         | OUTAGE: hold; like PAUSE (stop fetching, probe with    |
-|                                                    | backoff), a long outage spends no deliveries           |
+|   (after an outage's probe: 1, until a success)    | backoff), a long outage spends no deliveries           |
 |   on the consumer's last delivery                  | DEAD_LETTER, with the last error as the reason         |
 |   otherwise                                        | RETRY: nak with a delay growing with the deliveries    |
 | (stopping) an event still held                     | RELEASE: nak at once, another replica sends it          |

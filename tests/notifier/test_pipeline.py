@@ -211,3 +211,23 @@ async def test_the_probe_reads_the_bots_membership(fake, js, start, status):
     assert fake.sent == []
     fake.member_status[str(CHAT_ID)] = "administrator"
     await wait_until(lambda: len(fake.sent) == 1, 20, "sent once the bot is back")
+
+
+async def test_sendmessage_failing_alone_is_an_outage_too(fake, js, start):
+    """Probes answer but every sendMessage gets a 500 (a partial outage): after the first naks, each resume
+    that fails again halts at once, so no delivery is spent per probe cycle and nothing dies."""
+    config = topology.consumer_config()
+    config.max_deliver = 5
+    await js.add_consumer(subjects.STREAM, config)
+    fake.fail_500 = 1_000_000  # sendMessage only; getChat and getChatMember answer
+    start(NOTIFIER_RETRY_MAX_DELAY="0.2")
+    for _ in range(3):
+        await publish(js)
+    await asyncio.sleep(8.0)  # probes every 0.2 s at most: dozens of cycles
+    assert await list_dead_letters(js) == []
+    info = await consumer(js)
+    assert info.delivered.consumer_seq <= 3 + 2, info  # the two naks before the outage was declared
+    fake.fail_500 = 0
+    await wait_until(lambda: len(fake.sent) == 3, 20, "every event once the sends work")
+    await wait_until(lambda: settled(js), 10, "all acked")
+    assert await list_dead_letters(js) == []
