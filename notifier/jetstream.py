@@ -3,7 +3,8 @@
 Who owns the topology: `python -m streams bootstrap` (the k8s Job, `just bootstrap-streams`, `just
 up`) creates and updates the stream, the consumer, the dead-letter stream and the KV buckets. A
 notifier only checks: it waits (not ready) until they exist, and reads the consumer's ack wait and
-max deliveries from the server, so an operator's change to the consumer is respected. The one thing
+max deliveries from the server when it binds (at start, after losing the consumer), so an operator's
+change to the consumer is respected, never undone (restart the replicas to apply it). The one thing
 it creates is a consumer that is missing (deleted by hand, lost with its stream's storage), with the
 topology's settings: delivery would stop otherwise, and `todos_sent` remembers every event as long as
 the stream keeps it, so a new consumer re-sends nothing.
@@ -123,6 +124,7 @@ class JetStreamSource:
         except APIError as error:  # consumer or stream deleted, JetStream unavailable
             log.warning("consumer.lost", error=str(error) or type(error).__name__, action="binding again")
             await self.unbind()
+            await asyncio.sleep(REBIND_DELAY)
             return []
         except Exception as error:
             log.warning("consumer.fetch_failed", error=str(error) or type(error).__name__)

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import structlog
 from nats.aio.msg import Msg
-from telegram.error import RetryAfter
+from telegram.error import BadRequest, RetryAfter
 
 from notifier.chats import ChatGate, ChatRoute
 from notifier.formatting import Event, MalformedEventError, render_fitting
@@ -60,6 +60,8 @@ FINISH_TIMEOUT = 10.0
 # a paced chat holds at most this many messages' worth of events, fetched this many at a time
 PACED_CAPACITY_MESSAGES = 10
 PACED_FETCH_BATCH = 20
+# a todos_sent record NATS keeps refusing while connected is given up after this long (the events are acked)
+RECORD_GIVE_UP = 30.0
 # the first probe of a halted chat comes after this long (at most the probe interval), then doubling
 FIRST_PROBE = 1.0
 
@@ -153,7 +155,8 @@ def event_id_of(msg: Msg) -> str:
         meta = msg.metadata
     except Exception:
         return f"core.{id(msg)}"
-    return f"{meta.stream}.{meta.sequence.stream}"
+    # with the time it was stored: a stream deleted and created again numbers its messages anew
+    return f"{meta.stream}.{meta.sequence.stream}.{int(meta.timestamp.timestamp() * 1e9)}"
 
 
 class Halt:
@@ -238,7 +241,8 @@ class Pipeline:
         self._room = asyncio.Event()  # set when events were settled or the state changed (fetcher, finish)
         self._stopping = False
         self._transient_in_a_row = 0
-        self._next_probe = 0.0  # after an outage's probe succeeded and until a send does: its backoff
+        self._next_probe = 0.0  # after a halt's probe succeeded and until a send does: its backoff
+        self._probed = asyncio.Event()  # the first probe, before the first fetch, has answered
         metrics.in_flight.set_function(lambda: len(self._held))
         metrics.backlog_age.set_function(self._backlog_age)
 
@@ -285,6 +289,7 @@ class Pipeline:
     # --- fetching --------------------------------------------------------------------------------
 
     async def _fetch_forever(self) -> None:
+        await self._probed.wait()  # a bot that may not post takes nothing (no delivery spent at each restart)
         while not self._stopping:
             room = self.shape.capacity - len(self._held)
             if self.halt.active or room < self.shape.capacity // 2 or not self._source.connected:
@@ -292,12 +297,12 @@ class Pipeline:
                 await self._wait_room(1.0)
                 continue
             msgs = await self._source.fetch(min(room, self.shape.fetch_batch))
-            if self._stopping:  # SIGTERM during the fetch: give them back at once
-                await asyncio.gather(*(self._source.nak(msg, 0) for msg in msgs), return_exceptions=True)
-                return
             since = self._source.delivered_since
             for msg in msgs:
                 await self._admit(msg, since)
+            if self._stopping:  # SIGTERM during the fetch: give them back at once
+                await self._release(self._take_queue())
+                return
             self._work.wake(len(msgs))
 
     async def _admit(self, msg: Msg, now: float) -> None:
@@ -333,7 +338,7 @@ class Pipeline:
             chat_id, batch = message
             await self._send(chat_id, batch)
 
-    async def _next_message(self) -> tuple[ChatId, list[Held]] | None:  # noqa: C901
+    async def _next_message(self) -> tuple[ChatId, list[Held]] | None:
         """Wait until a message may leave; None when stopping."""
         while True:
             if self._stopping:
@@ -342,17 +347,7 @@ class Pipeline:
                 await self._work.wait(1.0)
                 continue
             chat_id = self._route.current
-            if self.shape.paced:
-                try:
-                    delay = await self._pacer.reserve(chat_id)
-                except Exception as error:
-                    log.warning("pacing.failed", error=str(error) or type(error).__name__, retry_in=NATS_RETRY)
-                    await asyncio.sleep(NATS_RETRY)
-                    continue
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            elif self._gate.remaining(chat_id) > 0:  # a 429 (here or at another replica)
-                await self._gate.wait(chat_id)
+            if not await self._wait_for_turn(chat_id):
                 continue
             if not self._source.connected:
                 # neither could the send be recorded nor the events acked: wait for NATS
@@ -370,19 +365,43 @@ class Pipeline:
             batch = kept
             if not batch:
                 continue
-            # the last look, with no await until the request leaves
-            if (
-                self._stopping
-                or self.halt.active
-                or not self._source.connected
-                or self._gate.remaining(chat_id) > 0
-                or chat_id != self._route.current
-                or any(self._lapsed(held) for held in batch)
-            ):
-                self._requeue(batch)
-                self._let_go_lapsed()
-                continue
-            return chat_id, batch
+            if self._may_leave(chat_id, batch):
+                return chat_id, batch
+
+    async def _wait_for_turn(self, chat_id: ChatId) -> bool:
+        """Paced: the chat's next slot (shared by every replica). Unpaced: the end of a 429's pause.
+        False when something changed meanwhile and the caller should look again."""
+        if not self.shape.paced:
+            if self._gate.remaining(chat_id) > 0:  # a 429, here or at another replica
+                await self._gate.wait(chat_id)
+                return False
+            return True
+        if not await self._prune_already_sent():
+            return False  # nothing left to send: no slot taken
+        try:
+            delay = await self._pacer.reserve(chat_id)
+        except Exception as error:
+            log.warning("pacing.failed", error=str(error) or type(error).__name__, retry_in=NATS_RETRY)
+            await asyncio.sleep(NATS_RETRY)
+            return False
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
+
+    def _may_leave(self, chat_id: ChatId, batch: list[Held]) -> bool:
+        """The last look, with no await until the request leaves; if not, the batch goes back."""
+        if (
+            self._stopping
+            or self.halt.active
+            or not self._source.connected
+            or self._gate.remaining(chat_id) > 0
+            or chat_id != self._route.current
+            or any(self._lapsed(held) for held in batch)
+        ):
+            self._requeue(batch)
+            self._let_go_lapsed()
+            return False
+        return True
 
     def _take(self) -> list[Held]:
         """Events from the front of the queue for one message (an event split out goes alone); events
@@ -403,6 +422,25 @@ class Pipeline:
             self._queue.remove(held)
             self._in_flight.add(held.event_id)
         return batch
+
+    async def _prune_already_sent(self) -> bool:
+        """A paced chat: ack the events at the front of the queue that some replica already sent, before
+        a slot is taken for them (a recreated consumer replays days of sent events; they must not cost
+        the chat's slots). False when the queue is then empty."""
+        if self._sent_log is None:
+            return bool(self._queue)
+        front = [held for held in self._queue if held.event_id not in self._in_flight][: self.shape.max_events]
+        try:
+            records = await self._sent_log.lookup_all(held.event_id for held in front)
+        except Exception:  # looked up again just before the send
+            return bool(self._queue)
+        for held, record in zip(front, records, strict=True):
+            if record is Record.SENT and held in self._queue:
+                self._queue.remove(held)
+                self._metrics.duplicates.inc()
+                log.info("event.duplicate_suppressed", event_id=held.event_id, deliveries=held.deliveries)
+                await self._enact([held], None)
+        return bool(self._queue)
 
     async def _drop_already_sent(self, batch: list[Held]) -> list[Held] | None:
         """Ack the events some replica already sent; mark those whose earlier answer was lost.
@@ -439,7 +477,12 @@ class Pipeline:
         ids = [held.event_id for held in batch]
         try:
             if self._sent_log is not None:
-                self._sent_log.sending(ids)
+                marked = self._sent_log.sending(ids)
+                if self.shape.paced:  # a paced chat can spare the round trip: the mark is surely there
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(marked), NATS_RETRY * 4)
+                    if not self._may_leave(chat_id, batch):  # (the mark may then tell a later copy "may repeat")
+                        return
             started = time.monotonic()
             try:
                 await self._sink.send(chat_id, text)
@@ -465,15 +508,22 @@ class Pipeline:
         """Telegram took them: record them in `todos_sent` (retrying until NATS takes it), then ack."""
         ids = [held.event_id for held in batch]
         if self._sent_log is not None:
-            warned = False
+            failing_while_connected = 0.0
             while True:
                 try:
                     await self._sent_log.sent(ids)
                     break
                 except Exception as error:
-                    if not warned:
+                    if failing_while_connected == 0.0:
                         log.warning("sent_log.record_failed", error=str(error) or type(error).__name__, events=len(ids))
-                        warned = True
+                    if self._source.connected:
+                        failing_while_connected += NATS_RETRY
+                    if failing_while_connected > RECORD_GIVE_UP:
+                        # NATS answers but keeps refusing the write (bucket gone, storage full): the chat has
+                        # the events, so ack them; a redelivery would find no record and say "may repeat"
+                        reason = str(error) or type(error).__name__
+                        log.error("sent_log.record_abandoned", error=reason, events=len(ids))  # noqa: TRY400
+                        break
                     await self._source.wait_connected(NATS_RETRY)
         self._metrics.sent.inc(len(batch))
         await self._enact(batch, None)
@@ -500,14 +550,40 @@ class Pipeline:
             events=len(batch),
             event_ids=[held.event_id for held in batch],
         )
-        if self._sent_log is not None and not answer_lost(error):
-            # only the "may repeat" line depends on it; an earlier attempt whose answer was lost stays marked
-            self._sent_log.refused(held.event_id for held in batch if held.event is None or not held.event.may_repeat)
+        self._note_refusal(batch, error)
+        outcome = await self._confirm_dead_letter(chat_id, error, outcome)
         if outcome.decision in {Decision.RETRY, Decision.DEAD_LETTER}:
             for held in batch:  # each by its own delivery count
                 await self._enact([held], self._decide_alone(error, held))
             return
         await self._enact(batch, outcome, chat_id)
+
+    def _note_refusal(self, batch: list[Held], error: Exception) -> None:
+        """What a failed send tells of the events: Telegram may have them (answer lost), or it refused them."""
+        if answer_lost(error):  # if sent again from here, it says so (whatever the KV holds)
+            for held in batch:
+                if held.event is not None and not held.event.may_repeat:
+                    held.event = dataclasses.replace(held.event, may_repeat=True)
+        elif self._sent_log is not None:
+            # only the "may repeat" line depends on it: an earlier attempt whose answer was lost stays
+            # marked, and a delivery that is no longer ours writes nothing over its new owner's mark
+            self._sent_log.refused(
+                held.event_id
+                for held in batch
+                if (held.event is None or not held.event.may_repeat) and not self._lapsed(held)
+            )
+
+    async def _confirm_dead_letter(self, chat_id: ChatId, error: Exception, outcome: Outcome) -> Outcome:
+        """Telegram's wording is no stable API: before a BadRequest kills an event, ask whether the bot may
+        post at all. A bot-level refusal the table does not know then holds the backlog instead."""
+        if outcome.decision is not Decision.DEAD_LETTER or not isinstance(error, BadRequest):
+            return outcome
+        try:
+            await self._sink.probe(chat_id)
+        except Exception as probed:
+            if decide(probed, 0, max_deliver=0).decision is Decision.PAUSE:
+                return Outcome(Decision.PAUSE, f"{outcome.reason}; probe: {type(probed).__name__}: {probed}")
+        return outcome
 
     def _decide_alone(self, error: Exception, held: Held) -> Outcome:
         return decide(
@@ -532,8 +608,10 @@ class Pipeline:
         chat = chat_id if chat_id is not None else self._route.current
         if outcome.decision in {Decision.RETRY, Decision.DEAD_LETTER, Decision.RELEASE}:
             # a delivery whose lease lapsed (the replica was frozen during the send) may be another
-            # replica's now: a nak or term from here could settle it under that replica. Let it go.
-            for held in [held for held in batch if self._lapsed(held)]:
+            # replica's now, and a nak or term written while NATS is away leaves late: it could settle
+            # the event under another replica. Let it go instead (JetStream delivers it again).
+            away = not self._source.connected
+            for held in [held for held in batch if self._lapsed(held) or (away and not self._last_delivery(held))]:
                 batch.remove(held)
                 self._let_go(held)
         match outcome.decision:
@@ -578,10 +656,10 @@ class Pipeline:
                     self._forget(held)
 
     async def _release(self, items: list[Held]) -> None:
-        """Give events back to the stream at once (stopping); an accepted one is left to its record."""
+        """Give events back to the stream at once (stopping); an accepted one is acked."""
         for held in items:
-            if held.accepted:
-                self._forget(held)  # its ack wait runs out; `todos_sent` has it, or says "may repeat"
+            if held.accepted:  # Telegram has it: done, whether or not its record made it
+                await self._enact([held], None)
             elif released_on_last_delivery(held.deliveries, self._source.max_deliver):
                 reason = f"released on its last delivery ({held.deliveries}) while the replica stopped"
                 await self._enact([held], Outcome(Decision.DEAD_LETTER, reason))
@@ -596,9 +674,13 @@ class Pipeline:
         return 0.8 * self._source.ack_wait
 
     def _lapsed(self, held: Held) -> bool:
-        if held.accepted:
+        if held.accepted or released_on_last_delivery(held.deliveries, self._source.max_deliver):
+            # on its last delivery JetStream gives it to nobody else: letting it go would kill it unsaid
             return False
         return held.epoch != self._source.epoch or time.monotonic() - held.renewed > self._lease
+
+    def _last_delivery(self, held: Held) -> bool:
+        return released_on_last_delivery(held.deliveries, self._source.max_deliver)
 
     def _let_go_lapsed(self) -> None:
         """Queued events whose lease lapsed (NATS reconnected, the replica was frozen): JetStream may
@@ -633,14 +715,28 @@ class Pipeline:
                 self._let_go_lapsed()
 
     async def _probe_forever(self) -> None:
-        """While halted: probe Telegram with backoff (up to NOTIFIER_PROBE_INTERVAL); resume when the bot may post."""
+        """Probe once before the first fetch; then, while halted, with backoff (up to NOTIFIER_PROBE_INTERVAL);
+        resume when the bot may post."""
+        try:
+            await self._sink.probe(self._route.current)
+        except Exception as error:
+            outcome = decide(error, 0, max_deliver=0)
+            if outcome.decision is Decision.PAUSE:
+                self.halt.trip(Decision.PAUSE, outcome.reason)
+            elif outcome.decision is Decision.MIGRATE and outcome.new_chat_id is not None:
+                with contextlib.suppress(Exception):
+                    await self._route.migrate(outcome.new_chat_id)
+            # anything else (Telegram down at start): the sends find out
+        finally:
+            self._probed.set()
+        first = min(FIRST_PROBE, self.shape.probe_interval)
         while True:
             await self.halt.tripped.wait()
-            # an outage that comes back before any send succeeded goes on with the backoff it had
-            delay = self._next_probe or min(FIRST_PROBE, self.shape.probe_interval)
+            # a halt that comes back before any send succeeded goes on with the backoff it had
+            delay = self._next_probe or first
             while self.halt.active:
                 await asyncio.sleep(delay)
-                delay = min(self.shape.probe_interval, delay * 2)
+                delay = min(self.shape.probe_interval, max(first, delay * 2))
                 try:
                     await self._sink.probe(self._route.current)
                 except Exception as error:
@@ -648,19 +744,15 @@ class Pipeline:
                     if outcome.decision is Decision.MIGRATE and outcome.new_chat_id is not None:
                         with contextlib.suppress(Exception):
                             await self._route.migrate(outcome.new_chat_id)
-                        delay = 0.0
-                        continue
+                        continue  # probe the new chat after `first` (never 0: no hammering)
                     if outcome.decision is Decision.WAIT:
                         delay = max(delay, outcome.delay)
                     log.warning("telegram.still_halted", error=outcome.reason, next_probe_in=delay)
                     continue
-                if self.halt.kind is Decision.OUTAGE:
-                    # the probe got through, the sends may not (sendMessage failing alone): one more
-                    # transient failure, before any success, halts again, spending no delivery
-                    self._transient_in_a_row = OUTAGE_AFTER - 1
-                    self._next_probe = delay
-                else:
-                    self._transient_in_a_row = 0
+                # the probe got through, the sends may not (sendMessage failing alone, a closed topic):
+                # until a send succeeds, a failure of the same kind halts again at once, with this backoff
+                self._next_probe = delay
+                self._transient_in_a_row = OUTAGE_AFTER - 1 if self.halt.kind is Decision.OUTAGE else 0
                 self.halt.clear()
                 self._changed_state()
 

@@ -1,6 +1,6 @@
 """The failure policy: what the notifier does with a message Telegram did not accept. One table, one place.
 
-`decide` is the table; `notifier.pipeline.Settler` is the one place that carries its decisions out,
+`decide` is the table; `notifier.pipeline.Pipeline._enact` is the one place that carries its decisions out,
 for every path (paced or not, JetStream or core mode). HOLD means the events stay with the replica
 (kept alive with in_progress()): no delivery is spent, so a held event can never become a dead letter.
 
@@ -25,12 +25,11 @@ for every path (paced or not, JetStream or core mode). HOLD means the events sta
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, RetryAfter, TimedOut
+from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, RetryAfter
 
 from notifier.formatting import MalformedEventError
 from notifier.transport import TransportError
@@ -67,11 +66,6 @@ class Decision(StrEnum):
     RETRY = "retry"
     RELEASE = "release"  # not a failure: stopping, the event goes back to the stream at once (nak)
 
-    @property
-    def holds(self) -> bool:
-        """The events stay with the replica: no delivery is spent."""
-        return self in {Decision.WAIT, Decision.MIGRATE, Decision.PAUSE, Decision.OUTAGE, Decision.SPLIT}
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -100,10 +94,15 @@ def is_transient(error: BaseException) -> bool:
 
 
 def answer_lost(error: BaseException) -> bool:
-    """Whether Telegram may have accepted the message although the send failed: no answer was read."""
+    """Whether Telegram may have accepted the message although the send failed.
+
+    Only Telegram's own refusals (400, 401, 403, 429, a migration) say for sure that it did not; a 5xx may
+    come from a gateway after the Bot API took the message, and a timeout or a broken connection after
+    the request left says nothing. A request that never left (connection refused) was not delivered.
+    """
     if isinstance(error, TransportError):
         return error.maybe_delivered
-    return isinstance(error, TimedOut | asyncio.CancelledError)
+    return is_transient(error)
 
 
 def decide(  # noqa: PLR0911, PLR0913 (one return per row; the context of a failure)

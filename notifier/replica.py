@@ -180,12 +180,13 @@ async def _supervise(
 
 
 async def _wait_for_topology(nc: Client) -> bool:
-    """Wait until the stream and the KV buckets exist (`python -m streams bootstrap` creates them)."""
+    """Wait until the streams and the KV buckets exist (`python -m streams bootstrap` creates them)."""
     js = nc.jetstream()
     warned = False
     while True:
         try:
             await js.stream_info(subjects.STREAM)
+            await js.stream_info(subjects.DLQ_STREAM)  # without it, a dead letter would leave no trace
             await js.key_value(subjects.SENT_BUCKET)
             await js.key_value(subjects.STATE_BUCKET)
         except (NotFoundError, BucketNotFoundError) as error:

@@ -85,10 +85,13 @@ class SentLog:
         future.add_done_callback(done)
         return future
 
-    def sending(self, event_ids: Iterable[str]) -> None:
-        """Mark the events as leaving now; not awaited (a lost mark only loses the 'may repeat' line)."""
-        for event_id in event_ids:
-            self._write(event_id, SENDING).add_done_callback(_quiet)
+    def sending(self, event_ids: Iterable[str]) -> asyncio.Future[Any]:
+        """Mark the events as leaving now. The caller may await the marks or not (a lost mark only loses
+        the 'may repeat' line of a later copy); the result never raises."""
+        writes = [self._write(event_id, SENDING) for event_id in event_ids]
+        for write in writes:
+            write.add_done_callback(_quiet)
+        return asyncio.gather(*writes, return_exceptions=True)
 
     def refused(self, event_ids: Iterable[str]) -> None:
         """Telegram answered and did not take them (a later delivery is a plain first try); not awaited."""

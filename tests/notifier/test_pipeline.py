@@ -165,8 +165,9 @@ async def test_dead_letter_reasons_are_redacted(js, start):
 async def test_a_bot_without_rights_holds_its_events_and_spends_no_delivery(fake, js, start):
     """Rights revoked: the sends fail once, the events are held (no nak), the probe (getChatMember)
     keeps saying no; rights back: every event is sent once, none redelivered or dead-lettered."""
-    fake.revoke_rights(str(CHAT_ID))
     start()
+    await asyncio.sleep(0.5)  # past the start probe: the rights go while the replica runs
+    fake.revoke_rights(str(CHAT_ID))
     ids = [await publish(js) for _ in range(20)]
     await wait_until(lambda: sum(r.method.lower() == "getchatmember" for r in fake.requests) >= 5, 20, "probes")
     refused = [r for r in fake.requests if r.method.lower() == "sendmessage"]
@@ -231,3 +232,48 @@ async def test_sendmessage_failing_alone_is_an_outage_too(fake, js, start):
     await wait_until(lambda: len(fake.sent) == 3, 20, "every event once the sends work")
     await wait_until(lambda: settled(js), 10, "all acked")
     assert await list_dead_letters(js) == []
+
+
+class UnknownRefusal(FakeTelegram):
+    """A chat setting refuses every message with wording the policy table does not know."""
+
+    refusing: bool = True
+
+    def _refusal(self, chat_id: str, text: str) -> None:
+        if self.refusing:
+            raise TelegramError(400, "Bad Request: CHAT_SEND_PLAIN_FORBIDDEN")
+        super()._refusal(chat_id, text)
+
+
+async def test_an_unknown_refusal_the_probe_confirms_holds_the_backlog(js, start):
+    """A 400 in words the table does not know would dead-letter each event; the probe (the bot restricted)
+    shows it is the bot, not the message: held, then all sent when the bot may post again."""
+    async with UnknownRefusal() as fake:
+        start(fake)
+        await asyncio.sleep(0.5)  # past the start probe, which finds the bot allowed
+        fake.member_status[str(CHAT_ID)] = "restricted"
+        for _ in range(5):
+            await publish(js)
+        await wait_until(lambda: sum(r.method.lower() == "sendmessage" for r in fake.requests) >= 1, 10, "a send")
+        await asyncio.sleep(1.5)
+        assert await list_dead_letters(js) == []
+        fake.refusing = False
+        fake.member_status[str(CHAT_ID)] = "administrator"
+        await wait_until(lambda: len(fake.sent) == 5, 20, "every event after the bot got its rights back")
+    await wait_until(lambda: settled(js), 10, "all acked")
+    assert await list_dead_letters(js) == []
+
+
+async def test_a_bot_that_may_not_post_at_start_takes_nothing(fake, js, start):
+    """Kicked before the replica starts: the first probe says so, nothing is fetched (no delivery spent at
+    each restart of a misconfigured replica), and the events go out once the bot is back."""
+    fake.member_status[str(CHAT_ID)] = "kicked"
+    for _ in range(3):
+        await publish(js)
+    start()
+    await wait_until(lambda: sum(r.method.lower() == "getchatmember" for r in fake.requests) >= 3, 20, "probes")
+    info = await consumer(js)
+    assert info.delivered.consumer_seq == 0
+    assert [r for r in fake.requests if r.method.lower() == "sendmessage"] == []
+    fake.member_status[str(CHAT_ID)] = "administrator"
+    await wait_until(lambda: len(fake.sent) == 3, 20, "sent once the bot is back")

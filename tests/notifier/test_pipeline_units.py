@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from telegram.error import NetworkError, TimedOut
+from telegram.error import BadRequest, NetworkError, TimedOut
 
 from notifier.chats import ChatGate, ChatRoute
 from notifier.metrics import Metrics
 from notifier.pacing import Pacer
-from notifier.pipeline import Pipeline, Shape
+from notifier.pipeline import Pipeline, Shape, event_id_of
 from notifier.sent_log import Record
 from streams import subjects
 
@@ -77,8 +77,11 @@ class SentLog:
             self.freeze = 0.0
         return [self.record for _ in ids]
 
-    def sending(self, event_ids: Any) -> None:
+    def sending(self, event_ids: Any) -> asyncio.Future[Any]:
         self.writes += [("sending", event_id) for event_id in event_ids]
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def refused(self, event_ids: Any) -> None:
         self.writes += [("refused", event_id) for event_id in event_ids]
@@ -134,21 +137,25 @@ async def test_a_lease_that_lapses_during_the_lookup_is_let_go_not_sent():
 
 
 async def test_a_refusal_does_not_erase_an_earlier_lost_answer():
-    """An event marked `sending` by an attempt whose answer was lost, refused now (500): it keeps its mark,
-    so the next attempt still says it may repeat."""
-    source, sink, sent_log = Source("e1"), Sink(NetworkError("Internal Server Error")), SentLog(Record.MAYBE_SENT)
+    """An event marked `sending` by an attempt whose answer was lost, refused now (400): it keeps its mark,
+    so a later copy (a replay) still says it may repeat."""
+    source, sink, sent_log = Source("e1"), Sink(BadRequest("Message is too long")), SentLog(Record.MAYBE_SENT)
     await run_for(0.3, source, sink, sent_log)
     assert "may repeat" in sink.texts[0]
     assert ("refused", "e1") not in sent_log.writes
-    assert source.calls.count("nak") == 1
+    assert source.calls.count("term") == 1
 
 
 async def test_a_plain_refusal_is_recorded_and_a_lost_answer_is_not():
-    source, sink, sent_log = Source("e1", "e2"), Sink(NetworkError("Bad Gateway"), TimedOut()), SentLog()
+    """Telegram's own refusal (400) says it was not delivered; a timeout or a 5xx (a gateway may answer
+    after the Bot API took it) says nothing: the mark `sending` stays, and a resend says it may repeat."""
+    failures = BadRequest("Message is too long"), TimedOut(), NetworkError("Bad Gateway")
+    source, sink, sent_log = Source("e1", "e2", "e3"), Sink(*failures), SentLog()
     await run_for(0.3, source, sink, sent_log)
     assert ("refused", "e1") in sent_log.writes
-    assert ("refused", "e2") not in sent_log.writes  # Telegram may have it: the mark `sending` stays
-    assert [write for write in sent_log.writes if write[0] == "sending"] == [("sending", "e1"), ("sending", "e2")]
+    assert ("refused", "e2") not in sent_log.writes
+    assert ("refused", "e3") not in sent_log.writes
+    assert [write for write in sent_log.writes if write[0] == "sending"] == [("sending", e) for e in ("e1", "e2", "e3")]
 
 
 async def test_an_accepted_event_is_recorded_then_acked():
@@ -167,3 +174,21 @@ async def test_an_event_sent_before_is_acked_and_a_later_delivery_of_it_is_not_s
     assert sink.texts == []
     assert source.calls == ["ack", "ack"]
     assert pipeline.held == 0
+
+
+def test_an_event_without_nats_msg_id_is_known_by_its_place_and_time_in_the_stream():
+    """Published without Nats-Msg-Id (say with `nats pub`): its id holds the stream sequence and the time it
+    was stored, so a stream deleted and created again (numbering anew) cannot match an old record."""
+    from nats.aio.msg import Msg as NatsMsg  # noqa: PLC0415
+
+    def delivered(seq: int, stored_ns: int) -> NatsMsg:
+        reply = f"$JS.ACK.TODOS.todos_broadcasters.1.{seq}.{seq}.{stored_ns}.0"
+        return NatsMsg(_client=None, subject="todos.created", reply=reply, data=b"{}", headers=None)  # type: ignore[arg-type]
+
+    first, again = (
+        event_id_of(delivered(7, 1_700_000_000_000_000_000)),
+        event_id_of(delivered(7, 1_800_000_000_000_000_000)),
+    )
+    assert first.startswith("TODOS.7.")
+    assert first != again
+    assert event_id_of(delivered(7, 1_700_000_000_000_000_000)) == first  # the same delivery, the same id
