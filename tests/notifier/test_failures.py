@@ -36,10 +36,10 @@ async def test_retry_after_is_honoured_then_delivered(fake, js, replicas):
 
 async def test_server_errors_and_timeouts_are_retried(fake, js, replicas):
     """Two 500s and one answer slower than TELEGRAM_TIMEOUT: the event still arrives, once."""
-    fake.fail_500 = 2
-    fake.slow_requests, fake.slow_delay = 1, 3.0
     replica = replicas(fake, TELEGRAM_TIMEOUT="1")
     await replica.wait_ready()
+    fake.fail_500 = 2
+    fake.slow_requests, fake.slow_delay = 1, 3.0
     await publish(js)
     await wait_until(lambda: len(fake.sent) == 1, 30, "delivery after retries")
     statuses = [r.status for r in sends(fake)]
@@ -56,9 +56,9 @@ async def test_server_errors_and_timeouts_are_retried(fake, js, replicas):
 
 async def test_chat_not_found_pauses_instead_of_dead_lettering(fake, js, replicas):
     """A bot-level error stops consuming (readyz 503), dead-letters nothing, and resumes once fixed."""
-    fake.chat_errors[str(CHAT_ID)] = CHAT_NOT_FOUND
     replica = replicas(fake)
     await replica.wait_ready()
+    fake.chat_errors[str(CHAT_ID)] = CHAT_NOT_FOUND  # found by a send (a replica starting so pauses at once)
     for _ in range(5):
         await publish(js)
     await wait_until(lambda: _not_ready(replica), what="pause")
@@ -78,9 +78,9 @@ async def _not_ready(replica):
 
 
 async def test_kicked_bot_pauses_too(fake, js, replicas):
-    fake.chat_errors[str(CHAT_ID)] = KICKED
     replica = replicas(fake)
     await replica.wait_ready()
+    fake.chat_errors[str(CHAT_ID)] = KICKED
     await publish(js)
     await wait_until(lambda: _not_ready(replica), what="pause")
     assert "bot was kicked" in replica.log()
@@ -158,3 +158,18 @@ async def test_no_migration_key_before_any_migration(js):
     except KeyNotFoundError:
         return
     raise AssertionError("unexpected migration key")
+
+
+async def test_a_replica_starting_without_its_chat_is_not_ready_and_takes_nothing(fake, js, replicas):
+    """Chat not found at start: /readyz 503 from the first probe on, no event fetched (none spends a
+    delivery), all sent once the chat is found."""
+    fake.chat_errors[str(CHAT_ID)] = CHAT_NOT_FOUND
+    await publish(js)
+    replica = replicas(fake)
+    await wait_until(lambda: sum(r.method.lower() == "getchat" for r in fake.requests) >= 2, 20, "probes")
+    assert await replica.status("/readyz") == 503
+    info = await js.consumer_info(subjects.STREAM, subjects.CONSUMER)
+    assert info.delivered.consumer_seq == 0
+    del fake.chat_errors[str(CHAT_ID)]
+    await wait_until(lambda: len(fake.sent) == 1, 20, "delivery once the chat is found")
+    await replica.wait_ready()

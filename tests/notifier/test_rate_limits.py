@@ -228,9 +228,9 @@ async def test_paced_chat_follows_a_migration(fake, js, replicas):
 
 async def test_paced_chat_not_found_pauses_then_resumes(fake, js, replicas):
     """Bot-level error on the paced path: not ready, nothing dead-lettered, all delivered once fixed."""
-    fake.chat_errors[str(CHAT_ID)] = CHAT_NOT_FOUND
     replica = replicas(fake, **SCALED)
     await replica.wait_ready()
+    fake.chat_errors[str(CHAT_ID)] = CHAT_NOT_FOUND
     expected = await publish_burst(js, 10)
 
     async def not_ready():
