@@ -236,16 +236,6 @@ class Pacer:
         self._gate.hold(chat_id, seconds)
         await self._change(chat_id, extend)
 
-    async def pause_left(self, chat_id: ChatId) -> float:
-        """Seconds until the chat may be sent to again, as every replica sees it (one KV read)."""
-        if self._kv is not None:
-            try:
-                entry = await self._kv.get(pace_key(chat_id))
-            except KeyNotFoundError:
-                return self._gate.remaining(chat_id)
-            self._learn(chat_id, PaceState.from_bytes(entry.value))
-        return self._gate.remaining(chat_id)
-
     async def _change(self, chat_id: ChatId, change: Callable[[PaceState, float], float]) -> float:
         key = pace_key(chat_id)
         if self._kv is None:

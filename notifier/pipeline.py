@@ -660,7 +660,7 @@ class Pipeline:
         for held in items:
             if held.accepted:  # Telegram has it: done, whether or not its record made it
                 await self._enact([held], None)
-            elif released_on_last_delivery(held.deliveries, self._source.max_deliver):
+            elif self._last_delivery(held):
                 reason = f"released on its last delivery ({held.deliveries}) while the replica stopped"
                 await self._enact([held], Outcome(Decision.DEAD_LETTER, reason))
             else:
@@ -674,7 +674,7 @@ class Pipeline:
         return 0.8 * self._source.ack_wait
 
     def _lapsed(self, held: Held) -> bool:
-        if held.accepted or released_on_last_delivery(held.deliveries, self._source.max_deliver):
+        if held.accepted or self._last_delivery(held):
             # on its last delivery JetStream gives it to nobody else: letting it go would kill it unsaid
             return False
         return held.epoch != self._source.epoch or time.monotonic() - held.renewed > self._lease

@@ -95,7 +95,6 @@ async def test_an_accepted_event_is_never_nakked_when_its_record_fails(fake, js,
 async def test_a_loop_that_dies_gives_back_what_it_held_and_exits_1(fake, js, start, monkeypatch):
     """A background loop raising while events are held: logged, events released at once (nak, not the
     ack wait), run() returns 1 so that Kubernetes restarts the replica."""
-    fake.delay = 30.0  # sends hang: the events stay held
     original = Pipeline.tasks
     broken = asyncio.Event()
 
@@ -108,6 +107,8 @@ async def test_a_loop_that_dies_gives_back_what_it_held_and_exits_1(fake, js, st
 
     monkeypatch.setattr(Pipeline, "tasks", tasks)
     running = start()
+    await wait_until(lambda: any(r.method.lower() == "getchatmember" for r in fake.requests), 10, "the start probe")
+    fake.delay = 30.0  # sends hang: the events stay held
     for _ in range(3):
         await publish(js)
     await wait_until(lambda: sum(r.method.lower() == "sendmessage" for r in fake.requests) >= 3, 10, "three sends")
