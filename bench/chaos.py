@@ -2,10 +2,12 @@
 
 Usage: python bench/chaos.py [--changes 1000] [--rate 100] [--only kills,nats,rights,sigstop ...]
                              [--notifier-env TELEGRAM_GROUP_RATE=20/4s ...]
-The table shows, per scenario, what was lost, the duplicates (and how many of them were flagged in
-the chat as "may repeat"), the dead letters, the deliveries beyond each event's first (redelivered)
-and the sendMessage requests Telegram refused. The long faults (rights, telegram_outage, sigstop) are
-scaled in time (tests/chaos/scenarios.py says how) and last as long at any size.
+The table shows, per scenario, what was lost, the duplicates by cause (a lost answer, a sender
+SIGKILLed or SIGSTOPped while its send was under way, NATS down at the record, or no cause) and how
+many were flagged in the chat as "may repeat", e.g. "1 (1 lost answer, flagged)", the dead letters,
+the deliveries beyond each event's first (redelivered) and the sendMessage requests Telegram refused.
+The long faults (rights, telegram_outage, sigstop) are scaled in time (tests/chaos/scenarios.py says
+how) and last as long at any size.
 Writes bench/results/chaos.json (and the processes' logs of a failed scenario under
 bench/results/chaos-logs/). Exits 1 when a change was lost or a scenario broke its rules.
 """
@@ -51,7 +53,7 @@ async def main(args: argparse.Namespace) -> int:
                     shutil.rmtree(kept, ignore_errors=True)
                     shutil.copytree(work / scenario.name / "logs", kept)
                     print(f"  logs kept in {kept}", flush=True)
-                for detail in report.audit.details:
+                for detail in [*report.audit.details, *report.audit.explained]:
                     print(f"  {detail}", flush=True)
                 if report.facts:
                     print(f"  facts: {report.facts}", flush=True)

@@ -54,6 +54,14 @@ class CoreSource:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def stop_fetching(self) -> list[Msg]:
+        """Leave the queue group (the other replicas get what follows); what already arrived is returned."""
+        await self.unsubscribe()
+        left = []
+        while not self._arrived.empty():
+            left.append(self._arrived.get_nowait())
+        return left
+
     async def fetch(self, batch: int) -> list[Msg]:
         try:
             first = await asyncio.wait_for(self._arrived.get(), FETCH_TIMEOUT)

@@ -34,6 +34,7 @@ FETCH_TIMEOUT = 1.0
 # a fetch still pending this long after its own timeout is stalled (nats.py #986): abandon it
 WATCHDOG_MARGIN = 2.0
 REBIND_DELAY = 1.0
+FLUSH_TIMEOUT = 2  # seconds (nats-py wants an int)
 
 
 class JetStreamSource:
@@ -105,6 +106,23 @@ class JetStreamSource:
         if psub is not None:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
+
+    async def stop_fetching(self) -> list[Msg]:
+        """Unsubscribe the pull subscription: once the server has seen that (the flush), a pull request of
+        ours still open has no interest left and gets nothing more. What reached us before is returned."""
+        psub, self._psub = self._psub, None
+        if psub is None:
+            return []
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+            await self._nc.flush(timeout=FLUSH_TIMEOUT)
+        queue = psub._sub._pending_queue  # noqa: SLF001 (nats-py keeps it private)
+        left = []
+        while not queue.empty():
+            msg = queue.get_nowait()
+            if not JetStreamContext.is_status_msg(msg):  # a 404/408 ends a pull request: no event
+                left.append(msg)
+        return left
 
     async def fetch(self, batch: int) -> list[Msg]:
         if self._psub is None and not await self._bind():

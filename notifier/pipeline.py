@@ -47,7 +47,7 @@ from notifier.policy import (
     is_transient,
     released_on_last_delivery,
 )
-from notifier.sent_log import Record, SentLog
+from notifier.sent_log import SENDING_GRACE, Record, SentLog
 from notifier.settings import ChatId, Settings
 from notifier.sinks import Sink
 from streams import subjects
@@ -55,8 +55,10 @@ from streams import subjects
 log = structlog.get_logger(__name__)
 # NATS or the pacing state out of reach: look again after this long
 NATS_RETRY = 0.5
+MARK_TIMEOUT = 4 * NATS_RETRY  # the `sending` mark must be stored within this, or the send waits
 # on SIGTERM, sends under way get this long to finish; what is still held is then released
 FINISH_TIMEOUT = 10.0
+FETCH_PATIENCE = 3.0  # stopping: how long a fetch under way may take to return what it got (1 s + margin)
 # a paced chat holds at most this many messages' worth of events, fetched this many at a time
 PACED_CAPACITY_MESSAGES = 10
 PACED_FETCH_BATCH = 20
@@ -128,6 +130,11 @@ class Source(Protocol):
     def ack_wait(self) -> float: ...
 
     async def fetch(self, batch: int) -> list[Msg]: ...
+
+    async def stop_fetching(self) -> list[Msg]:
+        """Take no more deliveries (the server forgets this replica's open pull requests); the messages
+        already delivered to it and not yet fetched are returned."""
+        ...
 
     @property
     def delivered_since(self) -> float:
@@ -243,6 +250,8 @@ class Pipeline:
         self._transient_in_a_row = 0
         self._next_probe = 0.0  # after a halt's probe succeeded and until a send does: its backoff
         self._probed = asyncio.Event()  # the first probe, before the first fetch, has answered
+        self._not_fetching = asyncio.Event()  # set while no fetch is under way (finish waits for it)
+        self._not_fetching.set()
         metrics.in_flight.set_function(lambda: len(self._held))
         metrics.backlog_age.set_function(self._backlog_age)
 
@@ -271,6 +280,12 @@ class Pipeline:
         """Stop: fetch nothing more, release what waits in the queue, give messages under way `patience` s."""
         self._stopping = True
         self._changed_state()
+        # first no more deliveries to this replica: a nak'ed event would otherwise come straight back
+        # into its own open pull request, and wait there for the ack wait once the replica is gone
+        for msg in await self._source.stop_fetching():
+            await self._admit(msg, self._source.delivered_since)
+        with contextlib.suppress(TimeoutError):  # a fetch under way returns (and releases) what it got
+            await asyncio.wait_for(self._not_fetching.wait(), FETCH_PATIENCE)
         await self._release(self._take_queue())
         deadline = time.monotonic() + patience
         if self._in_flight:
@@ -280,6 +295,9 @@ class Pipeline:
 
     async def release_held(self) -> None:
         """After the loops ended (stopped or failed): give back everything still held."""
+        with contextlib.suppress(Exception):  # failed: no more deliveries either (see finish)
+            for msg in await self._source.stop_fetching():
+                await self._admit(msg, self._source.delivered_since)
         leftover = list(self._held.values())
         self._queue.clear()
         await self._release(leftover)
@@ -296,13 +314,17 @@ class Pipeline:
                 # halted: the backlog waits in the stream, untouched (no delivery spent)
                 await self._wait_room(1.0)
                 continue
-            msgs = await self._source.fetch(min(room, self.shape.fetch_batch))
-            since = self._source.delivered_since
-            for msg in msgs:
-                await self._admit(msg, since)
-            if self._stopping:  # SIGTERM during the fetch: give them back at once
-                await self._release(self._take_queue())
-                return
+            self._not_fetching.clear()
+            try:
+                msgs = await self._source.fetch(min(room, self.shape.fetch_batch))
+                since = self._source.delivered_since
+                for msg in msgs:
+                    await self._admit(msg, since)
+                if self._stopping:  # SIGTERM during the fetch: give them back at once
+                    await self._release(self._take_queue())
+                    return
+            finally:
+                self._not_fetching.set()
             self._work.wake(len(msgs))
 
     async def _admit(self, msg: Msg, now: float) -> None:
@@ -451,6 +473,14 @@ class Pipeline:
             return batch
         try:
             records = await self._sent_log.lookup_all(held.event_id for held in batch)
+            if under_way := [n for n, record in enumerate(records) if record is Record.SENDING]:
+                # a send of them began and nobody here knows its answer: its sender may hold Telegram's
+                # ok and be reconnecting to NATS right now, as this replica just did. Give it the time to
+                # record it (leases are kept alive meanwhile), then look again
+                await asyncio.sleep(SENDING_GRACE)
+                again = await self._sent_log.lookup_all(batch[n].event_id for n in under_way)
+                for n, record in zip(under_way, again, strict=True):
+                    records[n] = record
         except Exception as error:
             log.warning("sent_log.unreachable", error=str(error) or type(error).__name__, retry_in=NATS_RETRY)
             self._requeue(batch)
@@ -463,7 +493,7 @@ class Pipeline:
                 log.info("event.duplicate_suppressed", event_id=held.event_id, deliveries=held.deliveries)
                 await self._enact([held], None)
                 continue
-            if record is Record.MAYBE_SENT and held.event is not None and not held.event.may_repeat:
+            if record in {Record.MAYBE_SENT, Record.SENDING} and held.event is not None and not held.event.may_repeat:
                 held.event = dataclasses.replace(held.event, may_repeat=True)
             kept.append(held)
         return kept
@@ -477,12 +507,15 @@ class Pipeline:
         ids = [held.event_id for held in batch]
         try:
             if self._sent_log is not None:
-                marked = self._sent_log.sending(ids)
-                if self.shape.paced:  # a paced chat can spare the round trip: the mark is surely there
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(marked), NATS_RETRY * 4)
-                    if not self._may_leave(chat_id, batch):  # (the mark may then tell a later copy "may repeat")
-                        return
+                # no send without its mark: a later delivery finding no record sends without a word
+                if not await self._sent_log.sending(ids, MARK_TIMEOUT):
+                    log.warning("sent_log.mark_failed", events=len(ids), retry_in=NATS_RETRY)
+                    await self._source.wait_connected(NATS_RETRY)
+                    self._requeue(batch)
+                    self._let_go_lapsed()
+                    return
+                if not self._may_leave(chat_id, batch):  # (the mark then tells a later copy "may repeat")
+                    return
             started = time.monotonic()
             try:
                 await self._sink.send(chat_id, text)
@@ -564,6 +597,8 @@ class Pipeline:
             for held in batch:
                 if held.event is not None and not held.event.may_repeat:
                     held.event = dataclasses.replace(held.event, may_repeat=True)
+            if self._sent_log is not None:  # ... and from another replica too, without waiting for a record
+                self._sent_log.lost(held.event_id for held in batch if not self._lapsed(held))
         elif self._sent_log is not None:
             # only the "may repeat" line depends on it: an earlier attempt whose answer was lost stays
             # marked, and a delivery that is no longer ours writes nothing over its new owner's mark

@@ -1,23 +1,30 @@
 """A fake Telegram Bot API server speaking the real wire format, for tests, chaos runs and benchmarks.
 
 POST (form-encoded or JSON) to /bot<token>/<method>; answers {"ok": true, "result": ...} or
-{"ok": false, "error_code": N, "description": ..., "parameters": {...}} with HTTP status N.
+{"ok": false, "error_code": N, "description": ..., "parameters": {...}} with HTTP status N. Both body
+shapes give the same parameters (a JSON body that is not an object: 400, as Telegram answers).
 Implemented (method names case-insensitive): getMe, getChat, getChatMember, sendChatAction,
-sendMessage (checks Telegram HTML and the 4096 limit after entity parsing). Faults are programmed on
-`FakeTelegram` (429s, 500s, delays, chat errors, poison markers, migrations, the bot's membership and
-rights per chat, whole-API outages); every request is recorded with its time. Rules that decide per
-request live in `_refusal`, among them Telegram's rate limits when set (`chat_interval`, `group_limit`
-per `group_window`, scaled down in time for tests): a sendMessage over them gets a 429 with retry_after.
+sendMessage (parse_mode case-insensitive; HTML checked by Telegram's rules in `parse_html`; the 4096
+limit counted in UTF-16 code units after entity parsing). Faults are programmed on `FakeTelegram`
+(429s, 500s, delays, chat errors, poison markers, migrations, the bot's membership and rights per chat,
+whole-API outages); every request is recorded with its time. Rules that decide per request live in
+`_refusal`, among them Telegram's rate limits when set (`chat_interval`, `group_limit` per
+`group_window`, scaled down in time for tests): a sendMessage over them gets a 429 with retry_after.
+
+A request whose client gave up (timeout, killed) while it was delayed is still executed, as Telegram
+does with a request that reached it: the message is posted, its `Sent.answer_lost` is True and the
+request is recorded with status 499. Only `outage_timeouts` (the network down: the request never
+reached Telegram) delivers nothing.
 
 Chat types follow the id as Telegram's do: "-100..." a supergroup, another negative id a group,
-"@name" a channel, a positive id a private chat. Whether the bot may post in a chat is decided by
-`_check_may_post` (sendMessage and sendChatAction alike): `revoke_rights` (the bot restricted, like an
-admin taking its rights away), `member_status` (left, kicked, restricted) and `chat_can_send` (the
-chat's default permissions). getChat does not look at any of them: like the real API, it succeeds for
-a chat where the bot may not post; getChatMember tells.
+"@name" a channel (answered with a stable "-100..." id), a positive id a private chat. Whether the
+bot may post in a chat is decided by `_check_may_post` (sendMessage and sendChatAction alike):
+`revoke_rights` (the bot restricted, like an admin taking its rights away), `member_status` (left,
+kicked, restricted) and `chat_can_send` (the chat's default permissions). getChat does not look at
+any of them: like the real API, it succeeds for a chat where the bot may not post; getChatMember tells.
 
-In-process: `async with FakeTelegram(token) as fake: fake.base_url`. As a process:
-`python -m tests.fake_telegram --port 8090 --token T`.
+In-process: `async with FakeTelegram(token) as fake: fake.base_url` (a free port, read back once
+listening). As a process: `python -m tests.fake_telegram --port 8090 --token T`.
 """
 
 from __future__ import annotations
@@ -25,32 +32,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import html
 import json
 import math
 import re
+import string
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 from aiohttp import web
 
-from tests.services import LOCALHOST, free_port
+from tests.services import LOCALHOST
 
 MAX_TEXT = 4096
-ALLOWED_TAGS = {
+SUPPORTED_TAGS = frozenset({
     "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
     "a", "tg-emoji", "code", "pre", "blockquote", "tg-time",
-}  # fmt: skip
-_TOKEN = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s[^<>]*)?)>|&(#\d+|#x[0-9a-fA-F]+|lt|gt|amp|quot);|([<>&])")
+})  # fmt: skip
+NAMED_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}  # the only named ones Telegram decodes
+_SPACES = frozenset(" \t\r\n\v\0")  # TDLib's is_space
+_ATTRIBUTE_NAME_ENDS = _SPACES | frozenset("=>/\"'")
+_NAME_TOKEN = frozenset(string.ascii_letters + string.digits + ".-")
+PARSE_MODES = frozenset({"", "none", "html", "markdown", "markdownv2"})  # compared in lower case
 KICKED = "Forbidden: bot was kicked from the group chat"
 CHAT_NOT_FOUND = "Bad Request: chat not found"
-CANT_PARSE = "Bad Request: can't parse entities: unsupported start tag at byte offset 0"
+CANT_PARSE = 'Bad Request: can\'t parse entities: Unsupported start tag "poison" at byte offset 0'
+UNSUPPORTED_PARSE_MODE = "Bad Request: unsupported parse_mode"
+TEXT_EMPTY = "Bad Request: message text is empty"
+TOO_LONG = "Bad Request: message is too long"
+JSON_OBJECT_EXPECTED = "Bad Request: JSON object expected"
+UNAUTHORIZED = "Unauthorized"
+METHOD_NOT_FOUND = "Not Found: method not found"
 CHAT_ID_EMPTY = "Bad Request: chat_id is empty"
 INVALID_USER_ID = "Bad Request: invalid user_id specified"
 WRONG_ACTION = "Bad Request: wrong parameter action in request"
 NOT_ENOUGH_RIGHTS = "Bad Request: not enough rights to send text messages to the chat"
 NEED_CHANNEL_ADMIN = "Bad Request: need administrator rights in the channel chat"
+MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
 # what sendMessage to a supergroup answers when the bot was kicked / is not a member (see `kicked_from`)
 BOT_KICKED = "Forbidden: bot was kicked from the supergroup chat"
 BOT_NOT_MEMBER = "Forbidden: bot is not a member of the supergroup chat"
@@ -60,7 +79,8 @@ CHAT_ACTIONS = frozenset({
     "upload_document", "choose_sticker", "find_location", "record_video_note", "upload_video_note",
 })  # fmt: skip
 OUTAGE_DESCRIPTIONS = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
-HOLD_CHECK = 0.05  # seconds between checks whether a request held by `outage_timeouts` was given up
+HOLD_CHECK = 0.05  # seconds between checks whether the client of a held request (or answer) is gone
+CLIENT_GONE = 499  # the status recorded for a request whose client left before the answer (nginx's)
 
 
 class ParseError(ValueError):
@@ -97,31 +117,200 @@ def not_member_of(chat_id: str) -> str:
 
 
 def parse_html(text: str) -> str:
-    """The text Telegram would show (tags removed, entities decoded); ParseError like Telegram's."""
-    visible: list[str] = []
-    stack: list[str] = []
-    pos = 0
-    for match in _TOKEN.finditer(text):
-        visible.append(text[pos : match.start()])
-        pos = match.end()
-        closing, tag, _attrs, entity, stray = match.groups()
-        if stray:
-            raise ParseError(f"can't parse entities: unexpected {stray!r} at offset {match.start()}")
-        if entity:
-            visible.append(html.unescape(f"&{entity};"))
-            continue
-        tag = tag.lower()
-        if tag not in ALLOWED_TAGS:
-            raise ParseError(f'can\'t parse entities: unsupported start tag "{tag}"')
-        if closing:
-            if not stack or stack.pop() != tag:
-                raise ParseError(f'can\'t parse entities: unexpected end tag "{tag}"')
+    """The text Telegram would show (tags removed, entities decoded); ParseError with TDLib's words
+    (sendMessage answers them as "Bad Request: can't parse entities: <words>").
+
+    Follows TDLib's `parse_html`, which the Bot API runs: a `&` that starts no supported entity (only
+    `&lt; &gt; &amp; &quot;` and numeric ones, the `;` optional) and a stray `>` are literal text; every
+    `<` starts a tag, and a tag Telegram does not support is an error. Tag names are case-insensitive,
+    `<span>` needs class="tg-spoiler", `<tg-emoji>` a numeric emoji-id. An `<a>` without href is
+    accepted (Telegram links its text when that is a URL). Offsets in errors are UTF-8 byte offsets.
+    """
+    return _HtmlParser(text).parse()
+
+
+@dataclass
+class _OpenTag:
+    name: str
+    argument: str
+    start: int  # characters shown before the tag
+
+
+class _HtmlParser:
+    """One pass over the text, as TDLib's parse_html; `at` answers NUL past the end, as a C string."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.visible: list[str] = []
+        self.shown = 0  # characters in `visible`
+        self.open: list[_OpenTag] = []
+        self.surrogate = False
+
+    def at(self, index: int) -> str:
+        return self.text[index] if index < len(self.text) else "\0"
+
+    def byte(self, index: int) -> int:
+        return len(self.text[:index].encode("utf-8", "surrogatepass"))
+
+    def parse(self) -> str:
+        index = 0
+        while index < len(self.text):
+            char = self.text[index]
+            if char == "&" and (decoded := self.entity(index)) is not None:
+                code, index = decoded
+                self.surrogate |= 0xD800 <= code <= 0xDFFF
+                self.show(chr(code))
+            elif char != "<":
+                self.show(char)
+                index += 1
+            elif self.at(index + 1) == "/":
+                index = self.end_tag(index)
+            else:
+                index = self.start_tag(index)
+        if self.open:
+            raise ParseError(f'Can\'t find end tag corresponding to start tag "{self.open[-1].name}"')
+        if self.surrogate:
+            raise ParseError("Text contains invalid Unicode characters after decoding HTML "
+                             "entities, check for unmatched surrogate code units")  # fmt: skip
+        return "".join(self.visible)
+
+    def show(self, char: str) -> None:
+        self.visible.append(char)
+        self.shown += 1
+
+    def entity(self, start: int) -> tuple[int, int] | None:
+        """The code point of the entity at `start` and where it ends; None: the `&` is literal text."""
+        end = start + 1
+        if self.at(end) == "#":
+            end += 1
+            digits, base = (string.digits, 10)
+            if self.at(end) == "x":
+                end += 1
+                digits, base = (string.hexdigits, 16)
+            first = end
+            while self.at(end) in digits:
+                end += 1
+            code = int(self.text[first:end], base) if end > first else 0
+            if code == 0 or code >= 0x10FFFF or end - start >= 10:
+                return None
         else:
-            stack.append(tag)
-    visible.append(text[pos:])
-    if stack:
-        raise ParseError(f"can't parse entities: can't find end tag corresponding to start tag \"{stack[-1]}\"")
-    return "".join(visible)
+            while self.at(end) in string.ascii_letters:
+                end += 1
+            if (named := NAMED_ENTITIES.get(self.text[start + 1 : end])) is None:
+                return None
+            code = ord(named)
+        return code, end + 1 if self.at(end) == ";" else end
+
+    def skip_spaces(self, index: int) -> int:
+        while self.at(index) != "\0" and self.at(index) in _SPACES:
+            index += 1
+        return index
+
+    def start_tag(self, begin: int) -> int:
+        index = begin + 1
+        while self.at(index) not in _SPACES and self.at(index) != ">":
+            index += 1
+        if self.at(index) == "\0":
+            raise ParseError(f"Unclosed start tag at byte offset {self.byte(begin)}")
+        name = _ascii_lower(self.text[begin + 1 : index])
+        if name not in SUPPORTED_TAGS:
+            raise ParseError(f'Unsupported start tag "{name}" at byte offset {self.byte(begin)}')
+        argument = ""
+        while self.at(index) != ">":
+            index = self.skip_spaces(index)
+            if self.at(index) == ">":
+                break
+            index, argument = self.attribute(name, begin, index, argument)
+        if name == "span" and argument != "spoiler":
+            raise ParseError(f'Tag "span" must have class "tg-spoiler" at byte offset '
+                             f"{self.byte(begin)}")  # fmt: skip
+        self.open.append(_OpenTag(name, argument, self.shown))
+        return index + 1
+
+    def attribute(self, tag: str, begin: int, index: int, argument: str) -> tuple[int, str]:
+        """Read one attribute of the tag opened at `begin`; return where it ends and the tag's argument."""
+        first = index
+        while self.at(index) not in _ATTRIBUTE_NAME_ENDS:
+            index += 1
+        name = self.text[first:index]
+        where = f'the tag "{tag}" at byte offset {self.byte(begin)}'
+        if not name:
+            raise ParseError(f"Empty attribute name in {where}")
+        index = self.skip_spaces(index)
+        if self.at(index) != "=":  # an attribute without a value (<blockquote expandable>)
+            if self.at(index) == "\0":
+                raise ParseError(f'Unclosed start tag "{tag}" at byte offset {self.byte(begin)}')
+            return index, "1" if (tag, name) == ("blockquote", "expandable") else argument
+        index = self.skip_spaces(index + 1)
+        if self.at(index) == "\0":
+            raise ParseError(f'Unclosed start tag "{tag}" at byte offset {self.byte(begin)}')
+        if self.at(index) in "\"'":
+            index, value = self.quoted(index)
+        else:  # a name token: letters, digits, periods, hyphens; case-insensitive
+            token = index
+            while self.at(index) in _NAME_TOKEN:
+                index += 1
+            value = _ascii_lower(self.text[token:index])
+            if self.at(index) not in _SPACES and self.at(index) != ">":
+                raise ParseError(f"Unexpected end of name token at byte offset {self.byte(token)}")
+        if self.at(index) == "\0":
+            raise ParseError(f"Unclosed start tag at byte offset {self.byte(begin)}")
+        return index, _tag_argument(tag, name, value, argument)
+
+    def quoted(self, index: int) -> tuple[int, str]:
+        quote = self.text[index]
+        index += 1
+        value: list[str] = []
+        while self.at(index) != quote and self.at(index) != "\0":
+            if self.at(index) == "&" and (decoded := self.entity(index)) is not None:
+                code, index = decoded
+                value.append(chr(code))
+                continue
+            value.append(self.text[index])
+            index += 1
+        if self.at(index) == quote:
+            index += 1
+        return index, "".join(value)
+
+    def end_tag(self, begin: int) -> int:
+        if not self.open:
+            raise ParseError(f"Unexpected end tag at byte offset {self.byte(begin)}")
+        index = begin + 2
+        while self.at(index) not in _SPACES and self.at(index) != ">":
+            index += 1
+        name = _ascii_lower(self.text[begin + 2 : index])
+        index = self.skip_spaces(index)
+        if self.at(index) != ">":
+            raise ParseError(f"Unclosed end tag at byte offset {self.byte(begin)}")
+        tag = self.open.pop()
+        if name and name != tag.name:
+            raise ParseError(f"Unmatched end tag at byte offset {self.byte(begin)}, "
+                             f'expected "</{tag.name}>", found "</{name}>"')  # fmt: skip
+        if tag.name == "tg-emoji" and self.shown > tag.start and not _emoji_id(tag.argument):
+            raise ParseError("Invalid custom emoji identifier specified")
+        return index + 1
+
+
+def _ascii_lower(text: str) -> str:
+    return "".join(char.lower() if char.isascii() else char for char in text)
+
+
+def _tag_argument(tag: str, attribute: str, value: str, argument: str) -> str:
+    """What an attribute gives its tag (TDLib keeps one argument per tag); other attributes are ignored."""
+    match (tag, attribute):
+        case ("a", "href") | ("tg-emoji", "emoji-id") | ("tg-time", "format"):
+            return value
+        case ("code", "class") if value.startswith("language-"):
+            return value.removeprefix("language-")
+        case ("span", "class") if value.startswith("tg-"):
+            return value.removeprefix("tg-")
+        case ("blockquote", "expandable"):
+            return "1"
+    return argument
+
+
+def _emoji_id(argument: str) -> bool:
+    return re.fullmatch(r"-?\d+", argument) is not None and int(argument) != 0 and -(2**63) <= int(argument) < 2**63
 
 
 def utf16_length(text: str) -> int:
@@ -130,12 +319,18 @@ def utf16_length(text: str) -> int:
 
 @dataclass
 class Request:
-    """One request the fake received."""
+    """One request the fake received.
+
+    `status` is the HTTP status answered, or CLIENT_GONE (499) when the client left before the answer
+    (the request was executed all the same unless the network was down, see `outage_timeouts`).
+    `sent` is the message this request posted, if any.
+    """
 
     at: float  # time.monotonic()
     method: str
     params: dict[str, Any]
     status: int = 200
+    sent: Sent | None = None
 
     @property
     def chat_id(self) -> str:
@@ -144,12 +339,17 @@ class Request:
 
 @dataclass
 class Sent:
-    """A message the fake accepted."""
+    """A message the fake accepted (Telegram shows it in the chat).
+
+    `answer_lost`: the client was gone when the answer would have been written (it timed out or was
+    killed), so it could not know the message arrived; a resend of it is a duplicate in the chat.
+    """
 
     at: float
     chat_id: str
     text: str
     message_id: int
+    answer_lost: bool = False
 
 
 class TelegramError(Exception):
@@ -158,18 +358,22 @@ class TelegramError(Exception):
         self.code, self.description, self.parameters = code, description, parameters
 
 
+RECORD = web.RequestKey("fake_telegram_record", Request)  # the Request record of an aiohttp request
+
+
 @dataclass
 class FakeTelegram:
     """The fake Bot API; set the public fields (or call the helpers) to inject faults."""
 
     token: str = "123456:TEST-token-abcdefghijklmnopqrstuvw"
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: a free port chosen at start and read back (then kept, so a restart reuses it)
     # faults, consumed one per sendMessage
     fail_429: int = 0
     retry_after: int = 2
     fail_500: int = 0
-    delay: float = 0.0  # seconds before answering any request
-    slow_requests: int = 0  # the next N requests wait `slow_delay` before answering
+    # seconds before executing any request; a client that gives up meanwhile still gets it executed
+    delay: float = 0.0
+    slow_requests: int = 0  # the next N requests wait `slow_delay` more (any method)
     slow_delay: float = 0.0
     # chat id -> description; "chat not found" is a 400, "Forbidden: ..." a 403
     chat_errors: dict[str, str] = field(default_factory=dict)
@@ -194,7 +398,8 @@ class FakeTelegram:
     # outage of the whole API: every request answers this status (502, 503 ...), nothing is accepted
     outage_status: int = 0
     outage_answers: int = 0  # requests answered with outage_status
-    # blackholed network: every request is held unanswered until the client gives up (recorded as 499)
+    # the network down: every request is held unanswered; one whose client gives up never reached
+    # Telegram (recorded as 499, nothing delivered); lifting the outage lets the held ones through
     outage_timeouts: bool = False
     requests: list[Request] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
@@ -206,6 +411,8 @@ class FakeTelegram:
 
     @property
     def base_url(self) -> str:
+        if not self.port:
+            raise RuntimeError("FakeTelegram has no port before start(): its port is chosen when it listens")
         return f"http://{LOCALHOST}:{self.port}"
 
     def sent_to(self, chat_id: int | str) -> list[Sent]:
@@ -227,6 +434,7 @@ class FakeTelegram:
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, LOCALHOST, self.port).start()
+        self.port = int(self._runner.addresses[0][1])  # the port bound, when 0 was asked for
         return self
 
     async def stop(self) -> None:
@@ -241,31 +449,58 @@ class FakeTelegram:
         await self.stop()
 
     async def _handle(self, request: web.Request) -> web.Response:
-        params = await _params(request)
-        record = Request(time.monotonic(), request.match_info["method"], params)
+        record = Request(time.monotonic(), request.match_info["method"], {})
+        request[RECORD] = record
         self.requests.append(record)
+        try:
+            record.params = await _params(request)
+        except TelegramError as error:
+            return self._error(record, error)
         if self.outage_timeouts and not await self._held(request):
-            record.status = 499  # the client gave up: nothing is delivered
-            return web.Response(status=499)
+            record.status = CLIENT_GONE  # the request never reached Telegram: nothing is delivered
+            return web.Response(status=CLIENT_GONE)
         if self.outage_status:
             self.outage_answers += 1
             status = self.outage_status
             description = OUTAGE_DESCRIPTIONS.get(status, "Service Unavailable")
             return self._error(record, TelegramError(status, description))
-        delay = self.delay
-        if self.slow_requests > 0:
-            self.slow_requests -= 1
-            delay += self.slow_delay
-        if delay:
+        if delay := self._next_delay():
             await asyncio.sleep(delay)
-            if request.transport is None or request.transport.is_closing():
-                record.status = 499  # the client gave up (timeout, killed): nothing is delivered
-                return web.Response(status=499)
         try:
-            result = self._call(request.match_info["token"], record.method, params)
+            result = self._call(request.match_info["token"], record)
         except TelegramError as error:
-            return self._error(record, error)
-        return web.json_response({"ok": True, "result": result})
+            response = self._error(record, error)
+        else:
+            response = web.json_response({"ok": True, "result": result})
+        if self._answer_lost(request):  # executed all the same: Telegram had the request
+            return web.Response(status=CLIENT_GONE)
+        return response
+
+    def _next_delay(self) -> float:
+        """Seconds the next request waits before it is executed (`delay`, plus `slow_delay` if slow)."""
+        if self.slow_requests <= 0:
+            return self.delay
+        self.slow_requests -= 1
+        return self.delay + self.slow_delay
+
+    def _answer_lost(self, request: web.Request) -> bool:
+        """True (and the request and its message so marked) if the client left before its answer."""
+        if request.transport is not None and not request.transport.is_closing():
+            return False
+        record = request[RECORD]
+        record.status = CLIENT_GONE
+        if record.sent is not None:
+            record.sent.answer_lost = True
+        return True
+
+    async def _hold_answer(self, request: web.Request, seconds: float) -> bool:
+        """Hold an executed request's answer `seconds`; False (and marked lost) as soon as its client leaves."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._answer_lost(request):
+                return False
+            await asyncio.sleep(min(HOLD_CHECK, left))
+        return not self._answer_lost(request)
 
     async def _held(self, request: web.Request) -> bool:
         """Hold the request while `outage_timeouts` is set; False if the client gave up meanwhile.
@@ -286,17 +521,13 @@ class FakeTelegram:
             body["parameters"] = error.parameters
         return web.json_response(body, status=error.code)
 
-    def _call(self, token: str, method: str, params: dict[str, Any]) -> Any:
+    def _call(self, token: str, record: Request) -> Any:
         if token != self.token:
-            raise TelegramError(401, "Unauthorized")
-        match method.lower():
+            raise TelegramError(401, UNAUTHORIZED)
+        params = record.params
+        match record.method.lower():
             case "getme":
-                return {
-                    "id": int(self.token.split(":")[0]),
-                    "is_bot": True,
-                    "first_name": "Fake",
-                    "username": "fake_bot",
-                }
+                return self._bot_user()
             case "getchat":
                 return self._get_chat(self._chat(params))
             case "getchatmember":
@@ -313,8 +544,12 @@ class FakeTelegram:
                 self._check_may_post(chat_id)
                 return True
             case "sendmessage":
-                return self._send_message(params)
-        raise TelegramError(404, "Not Found: method not found")
+                return self._send_message(record)
+        raise TelegramError(404, METHOD_NOT_FOUND)
+
+    def _bot_user(self, user_id: int | None = None) -> dict[str, Any]:
+        bot_id = int(self.token.split(":")[0]) if user_id is None else user_id
+        return {"id": bot_id, "is_bot": True, "first_name": "Fake", "username": "fake_bot"}
 
     def _chat(self, params: dict[str, Any]) -> str:
         chat_id = self._chat_id(params)
@@ -335,8 +570,7 @@ class FakeTelegram:
 
     def _check_migrated(self, chat_id: str) -> None:
         if chat_id in self.migrations:
-            raise TelegramError(400, "Bad Request: group chat was upgraded to a supergroup chat",
-                                migrate_to_chat_id=self.migrations[chat_id])  # fmt: skip
+            raise TelegramError(400, MIGRATED, migrate_to_chat_id=self.migrations[chat_id])
 
     def _status(self, chat_id: str) -> str:
         """The bot's member status in the chat, as getChatMember answers it."""
@@ -371,24 +605,18 @@ class FakeTelegram:
             raise TelegramError(400, NOT_ENOUGH_RIGHTS)
 
     def _get_chat(self, chat_id: str) -> dict[str, Any]:
-        kind = chat_type(chat_id)
-        chat: dict[str, Any] = {"id": _chat_number(chat_id), "type": kind}
-        if kind == "private":
-            chat["first_name"] = "Todos"
-        else:
-            chat["title"] = "Todos"
-        if kind == "channel":
-            chat["username"] = chat_id.removeprefix("@")
+        """ChatFullInfo: the chat's basics plus what PTB requires; permissions in (super)groups only."""
+        chat = _chat_basics(chat_id)
         chat.update({"accent_color_id": 0, "max_reaction_count": 11,
                      "accepted_gift_types": {"unlimited_gifts": False, "limited_gifts": False,
                                              "unique_gifts": False, "premium_subscription": False,
                                              "gifts_from_channels": False}})  # fmt: skip
-        if kind in ("group", "supergroup"):
+        if chat["type"] in ("group", "supergroup"):
             chat["permissions"] = _permissions(self.chat_can_send.get(chat_id, True))
         return chat
 
     def _chat_member(self, chat_id: str, user_id: int) -> dict[str, Any]:
-        user = {"id": user_id, "is_bot": True, "first_name": "Fake", "username": "fake_bot"}
+        user = self._bot_user(user_id)  # only the bot's own membership is modelled
         status = self._status(chat_id)
         member: dict[str, Any] = {"status": status, "user": user}
         kind = chat_type(chat_id)
@@ -442,40 +670,70 @@ class FakeTelegram:
                 wait = max(wait, recent[-self.group_limit] + self.group_window - now)
         return wait
 
-    def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _send_message(self, record: Request) -> dict[str, Any]:
+        params = record.params
         chat_id = self._chat(params)
         text = str(params.get("text", ""))
         if not text.strip():
-            raise TelegramError(400, "Bad Request: message text is empty")
+            raise TelegramError(400, TEXT_EMPTY)
+        visible = shown_text(text, params.get("parse_mode"))
         self._refusal(chat_id, text)
-        parse_mode = params.get("parse_mode")
-        if parse_mode not in (None, "HTML"):
-            raise TelegramError(400, f"Bad Request: unsupported parse_mode {parse_mode}")
-        visible = text
-        if parse_mode == "HTML":
-            try:
-                visible = parse_html(text)
-            except ParseError as error:
-                raise TelegramError(400, f"Bad Request: {error}") from None
-        if utf16_length(visible) > MAX_TEXT:
-            raise TelegramError(400, "Bad Request: message is too long")
         message_id, self._next_id = self._next_id, self._next_id + 1
         now = time.time()
         at = time.monotonic()
-        self.sent.append(Sent(at, chat_id, text, message_id))
+        record.sent = Sent(at, chat_id, text, message_id)
+        self.sent.append(record.sent)
         accepted = self._accepted.setdefault(chat_id, [])
         accepted.append(at)
         del accepted[: -max(1, self.group_limit)]  # all that the limits look at
-        return {
-            "message_id": message_id,
-            "date": int(now),
-            "chat": {"id": _chat_number(chat_id), "type": chat_type(chat_id)},
-            "text": visible,
-        }
+        message: dict[str, Any] = {"message_id": message_id, "date": int(now), "chat": _chat_basics(chat_id)}
+        if chat_type(chat_id) == "channel":
+            message["sender_chat"] = message["chat"]  # a channel post has no "from"
+        else:
+            message["from"] = self._bot_user()
+        return {**message, "text": visible}
 
 
-def _chat_number(chat_id: str) -> int | str:
-    return int(chat_id) if re.fullmatch(r"-?\d+", chat_id) else chat_id
+def shown_text(text: str, parse_mode: object) -> str:
+    """The text as Telegram shows it under `parse_mode` (case-insensitive); TelegramError as it answers.
+
+    HTML is parsed by Telegram's rules; Markdown and MarkdownV2 are accepted with the text kept as is
+    (the notifier sends HTML; their own rules are not modelled).
+    """
+    mode = "" if parse_mode is None else str(parse_mode).lower()
+    if mode not in PARSE_MODES:
+        raise TelegramError(400, UNSUPPORTED_PARSE_MODE)
+    visible = text
+    if mode == "html":
+        try:
+            visible = parse_html(text)
+        except ParseError as error:
+            raise TelegramError(400, f"Bad Request: can't parse entities: {error}") from None
+    if not visible.strip():
+        raise TelegramError(400, TEXT_EMPTY)
+    if utf16_length(visible) > MAX_TEXT:
+        raise TelegramError(400, TOO_LONG)
+    return visible
+
+
+def _chat_number(chat_id: str) -> int:
+    """The chat's numeric id; a channel's "@name" is resolved to a stable "-100..." id, as Telegram does."""
+    if re.fullmatch(r"-?\d+", chat_id):
+        return int(chat_id)
+    return -(10**12 + zlib.crc32(chat_id.removeprefix("@").lower().encode()))
+
+
+def _chat_basics(chat_id: str) -> dict[str, Any]:
+    """The Chat object of a message: id, type, and the title (a private chat: the user's first name)."""
+    kind = chat_type(chat_id)
+    chat: dict[str, Any] = {"id": _chat_number(chat_id), "type": kind}
+    if kind == "private":
+        chat["first_name"] = "Todos"
+    else:
+        chat["title"] = "Todos"
+    if kind == "channel" and chat_id.startswith("@"):
+        chat["username"] = chat_id.removeprefix("@")
+    return chat
 
 
 def _user_id(params: dict[str, Any]) -> int:
@@ -497,18 +755,40 @@ def _permissions(can_send: bool) -> dict[str, bool]:
 
 
 async def _params(request: web.Request) -> dict[str, Any]:
+    """The parameters as the Bot API reads them, alike for a JSON and a form-encoded body.
+
+    Every value is a string (a JSON number or boolean as its JSON text); one holding a JSON object or
+    array is decoded (PTB JSON-encodes link_preview_options, reply_markup ...). URL query parameters
+    fill in what the body does not give.
+    """
     if request.content_type == "application/json":
-        body = await request.json()
-        return dict(body) if isinstance(body, dict) else {}
-    form = await request.post()
-    params: dict[str, Any] = {key: value for key, value in form.items() if isinstance(value, str)}
-    # PTB JSON-encodes nested values (link_preview_options, reply_markup ...)
-    for key, value in list(params.items()):
-        if value.startswith(("{", "[")):
-            with contextlib.suppress(ValueError):
-                params[key] = json.loads(value)
-    params.update({key: value for key, value in request.query.items() if key not in params})
+        values = _json_object(await request.text())
+    else:
+        form = await request.post()
+        values = {key: value for key, value in form.items() if isinstance(value, str)}
+    params: dict[str, Any] = {key: _decoded(value) for key, value in values.items()}
+    params.update({key: _decoded(value) for key, value in request.query.items() if key not in params})
     return params
+
+
+def _json_object(body: str) -> dict[str, str]:
+    """A JSON body's fields as strings; 400 as Telegram answers unless the body is an object (or empty)."""
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise TelegramError(400, JSON_OBJECT_EXPECTED)
+    return {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in parsed.items()}
+
+
+def _decoded(value: str) -> Any:
+    if value.startswith(("{", "[")):
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return value
 
 
 async def _serve(args: argparse.Namespace) -> None:

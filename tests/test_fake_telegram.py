@@ -1,4 +1,5 @@
-"""The fake Telegram Bot API itself: getChatMember, sendChatAction, the bot's rights per chat and outages.
+"""The fake Telegram Bot API itself: the wire format, Telegram's HTML rules and length limit, error shapes,
+getChat/getChatMember, the bot's rights per chat, outages, and requests whose client gave up.
 
 Each behaviour is checked over raw HTTP (the wire format) and through python-telegram-bot (what the
 notifier parses), so a field PTB requires or an error it maps differently shows up here first.
@@ -7,8 +8,10 @@ notifier parses), so a field PTB requires or an error it maps differently shows 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -24,18 +27,30 @@ from telegram import (
     ChatMemberMember,
     ChatMemberRestricted,
 )
-from telegram.error import BadRequest, Forbidden, NetworkError
+from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter
 
+from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram, refused_sends
 from tests.fake_telegram import (
     BOT_KICKED,
     BOT_NOT_MEMBER,
     CHAT_ID_EMPTY,
     CHAT_NOT_FOUND,
+    CLIENT_GONE,
     INVALID_USER_ID,
+    JSON_OBJECT_EXPECTED,
     KICKED,
+    METHOD_NOT_FOUND,
+    MIGRATED,
+    NEED_CHANNEL_ADMIN,
     NOT_ENOUGH_RIGHTS,
+    TEXT_EMPTY,
+    TOO_LONG,
+    UNAUTHORIZED,
+    UNSUPPORTED_PARSE_MODE,
     WRONG_ACTION,
     FakeTelegram,
+    ParseError,
+    parse_html,
 )
 
 SUPERGROUP = -1001234567890
@@ -67,26 +82,37 @@ async def bot(fake: FakeTelegram) -> AsyncIterator[Bot]:
 async def call(
     http: aiohttp.ClientSession, fake: FakeTelegram, method: str, *, as_json: bool = False, **params: Any
 ) -> tuple[int, dict[str, Any]]:
-    """POST one Bot API method (form-encoded, or JSON); return the HTTP status and the decoded body."""
+    """POST one Bot API method (form-encoded as PTB does, or JSON); return the HTTP status and the decoded body."""
     url = f"{fake.base_url}/bot{fake.token}/{method}"
     if as_json:
         request = http.post(url, json=params)
     else:
-        request = http.post(url, data={key: str(value) for key, value in params.items()})
+        request = http.post(url, data={key: form_value(value) for key, value in params.items()})
     async with request as response:
         body: dict[str, Any] = await response.json()
         return response.status, body
 
 
-def assert_error(status: int, body: dict[str, Any], code: int, description: str) -> None:
+def form_value(value: Any) -> str:
+    """A parameter as PTB form-encodes it: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def assert_error(
+    status: int, body: dict[str, Any], code: int, description: str, parameters: dict[str, Any] | None = None
+) -> None:
+    """Telegram's error shape: ok false, error_code equal to the HTTP status, parameters only when given."""
     assert status == code
-    assert body == {"ok": False, "error_code": code, "description": description}
+    expected: dict[str, Any] = {"ok": False, "error_code": code, "description": description}
+    if parameters is not None:
+        expected["parameters"] = parameters
+    assert body == expected
 
 
 def ptb_message(description: str) -> str:
-    """The message PTB's error carries for Telegram's description: "Bad Request: " dropped, capitalized."""
-    message = description.removeprefix("Bad Request: ")
-    return message[:1].upper() + message[1:]
+    """The message PTB's error carries for Telegram's description: "Bad Request: " dropped, then
+    str.capitalize (the rest lowercased)."""
+    return description.removeprefix("Bad Request: ").capitalize()
 
 
 async def wait_for(condition: Callable[[], object], timeout: float = 3.0) -> None:
@@ -407,3 +433,440 @@ async def test_blackholed_request_goes_through_when_the_network_comes_back(
     assert body["ok"] is True
     assert [message.text for message in fake.sent] == ["late"]
     assert fake.requests[0].status == 200
+
+
+# the port
+
+
+async def test_port_zero_is_chosen_at_start_and_kept_for_a_restart() -> None:
+    fake = FakeTelegram(token=TOKEN)
+    assert fake.port == 0
+    with pytest.raises(RuntimeError, match="before start"):
+        _ = fake.base_url
+    async with fake, FakeTelegram(token=TOKEN) as other, aiohttp.ClientSession() as http:
+        assert fake.port != 0
+        assert other.port not in (0, fake.port)
+        assert fake.base_url == f"http://127.0.0.1:{fake.port}"
+        status, body = await call(http, fake, "getMe")
+        assert (status, body["result"]["id"]) == (200, BOT_ID)
+    port = fake.port
+    async with fake, aiohttp.ClientSession() as http:
+        assert fake.port == port
+        status, _ = await call(http, fake, "getMe")
+        assert status == 200
+
+
+# JSON and form-encoded bodies
+
+
+SEND: dict[str, Any] = {
+    "chat_id": SUPERGROUP,
+    "text": "<b>a &amp; b</b> &nbsp;",
+    "parse_mode": "HTML",
+    "link_preview_options": {"is_disabled": True},
+    "disable_notification": True,
+}
+
+
+async def test_json_and_form_bodies_give_the_same_parameters_and_answer(
+    fake: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    form_status, form_body = await call(http, fake, "sendMessage", **SEND)
+    json_status, json_body = await call(http, fake, "sendMessage", as_json=True, **SEND)
+    assert form_status == json_status == 200
+    assert form_body["result"]["text"] == json_body["result"]["text"] == "a & b &nbsp;"
+    for body in (form_body, json_body):
+        del body["result"]["message_id"], body["result"]["date"]
+    assert form_body == json_body
+    form_request, json_request = fake.requests
+    assert form_request.params == json_request.params
+    assert form_request.params["link_preview_options"] == {"is_disabled": True}
+    assert form_request.chat_id == str(SUPERGROUP)
+    assert [message.text for message in fake.sent] == [SEND["text"]] * 2
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "description"),
+    [
+        ({"chat_id": SUPERGROUP}, 400, TEXT_EMPTY),
+        ({"text": "x"}, 400, CHAT_ID_EMPTY),
+        ({"chat_id": SUPERGROUP, "text": "x", "parse_mode": "XML"}, 400, UNSUPPORTED_PARSE_MODE),
+        ({"chat_id": SUPERGROUP, "text": "<br>", "parse_mode": "html"}, 400,
+         'Bad Request: can\'t parse entities: Unsupported start tag "br" at byte offset 0'),
+    ],
+)  # fmt: skip
+async def test_json_and_form_bodies_give_the_same_errors(
+    fake: FakeTelegram, http: aiohttp.ClientSession, params: dict[str, Any], code: int, description: str
+) -> None:
+    for as_json in (False, True):
+        status, body = await call(http, fake, "sendMessage", as_json=as_json, **params)
+        assert_error(status, body, code, description)
+    assert fake.requests[0].params == fake.requests[1].params
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", '"text"', "42", "null", "{not json"])
+async def test_a_json_body_that_is_not_an_object_is_a_bad_request(
+    fake: FakeTelegram, http: aiohttp.ClientSession, body: str
+) -> None:
+    url = f"{fake.base_url}/bot{fake.token}/sendMessage"
+    async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+        assert_error(response.status, await response.json(), 400, JSON_OBJECT_EXPECTED)
+    assert fake.sent == []
+    assert fake.requests[-1].status == 400
+
+
+async def test_an_empty_json_body_has_no_parameters(fake: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    url = f"{fake.base_url}/bot{fake.token}/sendMessage"
+    async with http.post(url, data="", headers={"Content-Type": "application/json"}) as response:
+        assert_error(response.status, await response.json(), 400, CHAT_ID_EMPTY)
+
+
+# error shapes
+
+
+async def test_retry_after_shape(
+    fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PTB_TIMEDELTA", "1")  # retry_after as a timedelta, as the notifier sets it
+    fake.fail_429, fake.retry_after = 2, 3
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="x")
+    assert_error(status, body, 429, "Too Many Requests: retry after 3", {"retry_after": 3})
+    with pytest.raises(RetryAfter) as raised:
+        await bot.send_message(SUPERGROUP, "x")
+    assert raised.value.retry_after == timedelta(seconds=3)
+
+
+async def test_migration_shape(fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot) -> None:
+    fake.migrations[str(GROUP)] = SUPERGROUP
+    status, body = await call(http, fake, "sendMessage", chat_id=GROUP, text="x")
+    assert_error(status, body, 400, MIGRATED, {"migrate_to_chat_id": SUPERGROUP})
+    with pytest.raises(ChatMigrated) as raised:
+        await bot.send_message(GROUP, "x")
+    assert raised.value.new_chat_id == SUPERGROUP
+    assert fake.sent == []
+
+
+async def test_server_error_shape(fake: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    fake.fail_500 = 1
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="x")
+    assert_error(status, body, 500, "Internal Server Error")
+
+
+async def test_wrong_token_is_401_for_every_method(fake: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    for method, params in METHODS:
+        async with http.post(f"{fake.base_url}/bot1:wrong/{method}", data=params) as response:
+            assert_error(response.status, await response.json(), 401, UNAUTHORIZED)
+    assert fake.sent == []
+    with pytest.raises(InvalidToken):  # PTB's initialize() calls getMe
+        async with Bot("1:wrong", base_url=f"{fake.base_url}/bot"):
+            pass
+
+
+async def test_unknown_method_is_404(fake: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    status, body = await call(http, fake, "sendTelepathy", chat_id=SUPERGROUP)
+    assert_error(status, body, 404, METHOD_NOT_FOUND)
+
+
+# the 4096 limit, counted in UTF-16 code units after entity parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "parse_mode", "accepted"),
+    [
+        ("&amp;" * 4096, "HTML", True),  # 20480 characters sent, 4096 shown
+        ("&amp;" * 4097, "HTML", False),
+        ("<b>" + "x" * 4096 + "</b>", "HTML", True),  # tags count for nothing
+        ("<b>" + "x" * 4097 + "</b>", "HTML", False),
+        ("x" * 4096, None, True),
+        ("x" * 4097, None, False),
+        ("😀" * 2048, None, True),  # an emoji outside the BMP is 2 UTF-16 code units
+        ("😀" * 2048 + "x", None, False),
+        ("&#128512;" * 2048, "HTML", True),
+        ("&#128512;" * 2048 + "x", "HTML", False),
+        ("é" * 4096, None, True),  # 2 bytes in UTF-8, 1 unit in UTF-16
+    ],
+    ids=[
+        "4096 entities", "4097 entities", "4096 in tags", "4097 in tags", "4096 plain", "4097 plain",
+        "2048 emoji", "2048 emoji + 1", "2048 emoji entities", "2048 emoji entities + 1", "4096 two-byte",
+    ],
+)  # fmt: skip
+async def test_length_limit_after_entity_parsing(
+    fake: FakeTelegram, http: aiohttp.ClientSession, text: str, parse_mode: str | None, accepted: bool
+) -> None:
+    params: dict[str, Any] = {"chat_id": SUPERGROUP, "text": text}
+    if parse_mode is not None:
+        params["parse_mode"] = parse_mode
+    status, body = await call(http, fake, "sendMessage", as_json=True, **params)
+    if accepted:
+        assert status == 200
+        assert len(body["result"]["text"].encode("utf-16-le")) == 2 * 4096
+        assert len(fake.sent) == 1
+    else:
+        assert_error(status, body, 400, TOO_LONG)
+        assert fake.sent == []
+
+
+# Telegram's HTML rules (https://core.telegram.org/bots/api#html-style, as TDLib's parse_html runs them)
+
+
+SURROGATES = (
+    "Text contains invalid Unicode characters after decoding HTML entities, check for unmatched surrogate code units"
+)
+ACCEPTED_HTML = [
+    ("a & b", "a & b"),  # a stray & is text
+    ("a > b", "a > b"),  # so is a stray >
+    ("x &nbsp; y", "x &nbsp; y"),  # a named entity Telegram does not know stays as written
+    ("&foo; &apos; &copy;", "&foo; &apos; &copy;"),
+    ("&ampx", "&ampx"),
+    ("&lt;&gt;&amp;&quot;", '<>&"'),  # the only named entities decoded
+    ("&amp &lt", "& <"),  # the semicolon is optional
+    ("&#65;&#x42;&#128512;", "AB😀"),  # numeric entities, decimal and hex
+    ("&#X41; &#0; &#x110000;", "&#X41; &#0; &#x110000;"),  # not valid numeric entities: text
+    ("<B>bold</b> <I>it</I >", "bold it"),  # tag names are case-insensitive
+    ("<b>x</>", "x"),  # an empty end tag closes the last one
+    ('<span class="tg-spoiler">s</span> <span class=tg-spoiler>t</span>', "s t"),
+    ("<tg-spoiler>s</tg-spoiler>", "s"),
+    ('<a href="https://example.com/?a=1&amp;b=2">link</a>', "link"),
+    ("<a>https://example.com</a>", "https://example.com"),  # no href: Telegram links the text if it is a URL
+    ('<tg-emoji emoji-id="5368324170671202286">👍</tg-emoji>', "👍"),
+    ('<pre><code class="language-python">print(1 &lt; 2)</code></pre>', "print(1 < 2)"),
+    ("<pre>x</pre><code>y</code>", "xy"),
+    ("<blockquote expandable>q</blockquote>", "q"),  # an attribute without a value
+    ("<u>u</u><ins>i</ins><s>s</s><strike>k</strike><del>d</del><em>e</em><strong>g</strong>", "uiskdeg"),
+    ("<b class=\"ignored\" data-x='y'>x</b>", "x"),  # other attributes are ignored
+]
+REFUSED_HTML = [
+    ("a < b", 'Unsupported start tag "" at byte offset 2'),  # a stray <
+    ("1 <2 apples", 'Unsupported start tag "2" at byte offset 2'),
+    ("1<2", "Unclosed start tag at byte offset 1"),
+    ("<br>", 'Unsupported start tag "br" at byte offset 0'),
+    ("<script>x</script>", 'Unsupported start tag "script" at byte offset 0'),
+    ("é<p>x</p>", 'Unsupported start tag "p" at byte offset 2'),  # offsets are UTF-8 bytes
+    ("<span>x</span>", 'Tag "span" must have class "tg-spoiler" at byte offset 0'),
+    ('<span class="spoiler">x</span>', 'Tag "span" must have class "tg-spoiler" at byte offset 0'),
+    ("<tg-emoji>x</tg-emoji>", "Invalid custom emoji identifier specified"),
+    ('<tg-emoji emoji-id="abc">x</tg-emoji>', "Invalid custom emoji identifier specified"),
+    ("<b>x", 'Can\'t find end tag corresponding to start tag "b"'),
+    ("x</b>", "Unexpected end tag at byte offset 1"),
+    ("<b><i>x</b></i>", 'Unmatched end tag at byte offset 7, expected "</i>", found "</b>"'),
+    ("<a href=x?y>l</a>", "Unexpected end of name token at byte offset 8"),
+    ('<a href="x>l</a>', "Unclosed start tag at byte offset 0"),
+    ("<b x/>y</b>", 'Empty attribute name in the tag "b" at byte offset 0'),
+    ("<b", "Unclosed start tag at byte offset 0"),
+    ("<b>x</b", "Unclosed end tag at byte offset 4"),
+    ("&#xD83D;", SURROGATES),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "shown"), ACCEPTED_HTML)
+def test_html_telegram_accepts(text: str, shown: str) -> None:
+    assert parse_html(text) == shown
+
+
+@pytest.mark.parametrize(("text", "reason"), REFUSED_HTML)
+def test_html_telegram_refuses(text: str, reason: str) -> None:
+    with pytest.raises(ParseError) as raised:
+        parse_html(text)
+    assert str(raised.value) == reason
+
+
+@pytest.mark.parametrize(("text", "shown"), ACCEPTED_HTML[:6])
+async def test_html_accepted_over_http(fake: FakeTelegram, http: aiohttp.ClientSession, text: str, shown: str) -> None:
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text=text, parse_mode="HTML")
+    assert status == 200
+    assert body["result"]["text"] == shown
+    assert [message.text for message in fake.sent] == [text]  # what was sent, as sent
+
+
+@pytest.mark.parametrize(("text", "reason"), REFUSED_HTML[:6])
+async def test_html_refused_over_http_and_through_ptb(
+    fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot, text: str, reason: str
+) -> None:
+    description = f"Bad Request: can't parse entities: {reason}"
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text=text, parse_mode="HTML")
+    assert_error(status, body, 400, description)
+    with pytest.raises(BadRequest) as raised:
+        await bot.send_message(SUPERGROUP, text, parse_mode="HTML")
+    assert raised.value.message == ptb_message(description)
+    assert fake.sent == []
+
+
+async def test_text_empty_after_parsing(fake: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="<b> </b>", parse_mode="HTML")
+    assert_error(status, body, 400, TEXT_EMPTY)
+
+
+# parse_mode
+
+
+@pytest.mark.parametrize("parse_mode", ["HTML", "html", "Html", "hTmL"])
+async def test_parse_mode_is_case_insensitive(fake: FakeTelegram, http: aiohttp.ClientSession, parse_mode: str) -> None:
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="<b>x</b>", parse_mode=parse_mode)
+    assert status == 200
+    assert body["result"]["text"] == "x"
+
+
+@pytest.mark.parametrize("parse_mode", ["", "None", "MarkdownV2", "markdown"])
+async def test_other_parse_modes_keep_the_text(
+    fake: FakeTelegram, http: aiohttp.ClientSession, parse_mode: str
+) -> None:
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="<br> x", parse_mode=parse_mode)
+    assert status == 200
+    assert body["result"]["text"] == "<br> x"  # not parsed as HTML (Markdown's own rules are not modelled)
+
+
+@pytest.mark.parametrize("parse_mode", ["XML", "htm", "HTML5"])
+async def test_unknown_parse_mode_is_refused(
+    fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot, parse_mode: str
+) -> None:
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="x", parse_mode=parse_mode)
+    assert_error(status, body, 400, UNSUPPORTED_PARSE_MODE)
+    with pytest.raises(BadRequest, match="Unsupported parse_mode"):
+        await bot.send_message(SUPERGROUP, "x", parse_mode=parse_mode)
+    assert fake.sent == []
+
+
+async def test_json_null_parse_mode_is_refused(fake: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    """Telegram reads a JSON null as the text "null": a client that sends parse_mode null gets a 400."""
+    status, body = await call(http, fake, "sendMessage", as_json=True, chat_id=SUPERGROUP, text="x", parse_mode=None)
+    assert_error(status, body, 400, UNSUPPORTED_PARSE_MODE)
+
+
+# getChat and getChatMember per chat type
+
+
+@pytest.mark.parametrize(
+    ("chat_id", "kind"), [(PRIVATE, "private"), (GROUP, "group"), (SUPERGROUP, "supergroup"), (CHANNEL, "channel")]
+)
+async def test_get_chat_answers_the_type_and_its_name_fields(
+    fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot, chat_id: int | str, kind: str
+) -> None:
+    status, body = await call(http, fake, "getChat", chat_id=chat_id)
+    assert status == 200
+    chat = body["result"]
+    assert chat["type"] == kind
+    assert isinstance(chat["id"], int)
+    if kind == "private":
+        assert "first_name" in chat
+        assert "title" not in chat
+    else:
+        assert "title" in chat
+        assert "first_name" not in chat
+    assert ("permissions" in chat) == (kind in ("group", "supergroup"))
+    full = await bot.get_chat(chat_id)
+    assert full.type == kind
+    assert full.id == chat["id"]
+
+
+async def test_a_channel_name_resolves_to_a_stable_supergroup_like_id(fake: FakeTelegram, bot: Bot) -> None:
+    first, second = await bot.get_chat(CHANNEL), await bot.get_chat(CHANNEL.upper())
+    assert first.id == second.id
+    assert str(first.id).startswith("-100")
+    assert first.username == CHANNEL.removeprefix("@")
+
+
+async def test_channel_member_may_not_post_but_sees_the_chat(
+    fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot
+) -> None:
+    fake.member_status[CHANNEL] = "member"
+    assert (await bot.get_chat(CHANNEL)).type == "channel"
+    member = await bot.get_chat_member(CHANNEL, BOT_ID)
+    assert isinstance(member, ChatMemberMember)
+    _, body = await call(http, fake, "getChatMember", chat_id=CHANNEL, user_id=BOT_ID)
+    assert "can_post_messages" not in body["result"]
+    status, body = await call(http, fake, "sendMessage", chat_id=CHANNEL, text="x")
+    assert_error(status, body, 400, NEED_CHANNEL_ADMIN)
+    fake.member_status[CHANNEL] = "administrator"
+    _, body = await call(http, fake, "getChatMember", chat_id=CHANNEL, user_id=BOT_ID)
+    assert body["result"]["can_post_messages"] is True
+    message = await bot.send_message(CHANNEL, "posted")
+    assert message.chat.type == "channel"
+    assert message.sender_chat is not None
+    assert message.from_user is None  # a channel post has no sender user
+
+
+async def test_sent_message_names_the_chat_and_the_bot(bot: Bot) -> None:
+    message = await bot.send_message(GROUP, "<i>hi</i> &amp; bye", parse_mode="html")
+    assert message.text == "hi & bye"
+    assert (message.chat.id, message.chat.type, message.chat.title) == (GROUP, "group", "Todos")
+    assert message.from_user is not None
+    assert message.from_user.id == BOT_ID
+    private = await bot.send_message(PRIVATE, "hi")
+    assert (private.chat.type, private.chat.first_name, private.chat.title) == ("private", "Todos", None)
+
+
+# a client that gives up: Telegram has the request, the message is posted, only the answer is lost
+
+
+async def timed_out_call(fake: FakeTelegram, method: str, timeout: float = 0.3, **params: Any) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        with pytest.raises(asyncio.TimeoutError):
+            await call(session, fake, method, **params)
+
+
+async def test_a_client_timeout_still_delivers_with_the_answer_lost(
+    fake: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    fake.slow_requests, fake.slow_delay = 1, 1.0
+    await timed_out_call(fake, "sendMessage", chat_id=SUPERGROUP, text="slow")
+    assert fake.sent == []  # not yet: Telegram is still working on it
+    await wait_for(lambda: fake.sent)
+    [message] = fake.sent
+    assert (message.text, message.answer_lost) == ("slow", True)
+    await wait_for(lambda: fake.requests[0].status == CLIENT_GONE)
+    assert fake.requests[0].sent is message
+    assert refused_sends(fake.requests) == []  # the client gave up; Telegram refused nothing
+
+    status, _ = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="quick")
+    assert status == 200
+    assert [(m.text, m.answer_lost) for m in fake.sent] == [("slow", True), ("quick", False)]
+    assert fake.requests[1].sent is fake.sent[1]
+
+
+async def test_a_client_timeout_on_a_refused_send_delivers_nothing(fake: FakeTelegram) -> None:
+    fake.delay = 0.6
+    fake.revoke_rights(SUPERGROUP)
+    await timed_out_call(fake, "sendMessage", chat_id=SUPERGROUP, text="no rights")
+    await wait_for(lambda: fake.requests[0].status == CLIENT_GONE)
+    assert fake.sent == []
+    assert fake.requests[0].sent is None
+
+
+async def test_a_client_that_waits_long_enough_is_answered(fake: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    fake.delay = 0.2
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="patient")
+    assert status == 200
+    assert body["result"]["text"] == "patient"
+    assert fake.sent[0].answer_lost is False
+    assert fake.requests[0].status == 200
+
+
+async def test_faulty_telegram_slow_answer_marks_the_answer_lost() -> None:
+    async with FaultyTelegram(token=TOKEN, share_slow=1.0, slow_delay=0.8) as faulty:
+        await timed_out_call(faulty, "sendMessage", chat_id=SUPERGROUP, text="slow")
+        assert len(faulty.sent) == 1  # accepted at once, answered late
+        await wait_for(lambda: faulty.sent[0].answer_lost)
+        assert faulty.slow_ids == {faulty.sent[0].message_id}
+        assert faulty.requests[0].status == CLIENT_GONE
+        assert refused_sends(faulty.requests) == []
+
+
+async def test_faulty_telegram_answer_delay_within_the_timeout_loses_nothing() -> None:
+    async with FaultyTelegram(token=TOKEN, answer_delay=0.1) as faulty, aiohttp.ClientSession() as http:
+        status, _ = await call(http, faulty, "sendMessage", chat_id=SUPERGROUP, text="on time")
+        await timed_out_call(faulty, "sendMessage", timeout=0.05, chat_id=SUPERGROUP, text="late")
+        await wait_for(lambda: faulty.requests[-1].status == CLIENT_GONE)
+    assert status == 200
+    assert [(m.text, m.answer_lost) for m in faulty.sent] == [("on time", False), ("late", True)]
+
+
+async def test_hooked_telegram_marks_the_answer_lost_when_the_client_left_during_the_hook() -> None:
+    async def slow_hook() -> None:
+        await asyncio.sleep(0.6)
+
+    async with HookedTelegram(token=TOKEN) as hooked:
+        hooked.before_answering(1, slow_hook)
+        await timed_out_call(hooked, "sendMessage", chat_id=SUPERGROUP, text="hooked")
+        await wait_for(lambda: 1 in hooked.hooked)
+        await wait_for(lambda: hooked.requests[0].status == CLIENT_GONE)
+    assert [(m.text, m.answer_lost) for m in hooked.sent] == [("hooked", True)]

@@ -1,8 +1,9 @@
 """The fault scenarios, and running one: start the system, drive the load while the faults happen, settle, audit.
 
 Each scenario is the faults it injects (in step with the load's progress), the fake Telegram it
-talks to, which duplicates are acceptable, and any rules of its own. `bench/chaos.py` runs them at
-1,000 changes, tests/chaos at a size that keeps the suite short.
+talks to, which duplicates are acceptable (none, or only flagged copies of a send whose answer was
+lost: see tests.chaos.audit for how a copy is tied to its cause), and any rules of its own.
+`bench/chaos.py` runs them at 1,000 changes, tests/chaos at a size that keeps the suite short.
 
 Long faults (minutes in production) are scaled in time, never slept through: the fault's length,
 NOTIFIER_PROBE_INTERVAL (30 s by default) and NOTIFIER_RETRY_MAX_DELAY (60 s) are all divided by the
@@ -22,14 +23,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
 from nats.js.api import ConsumerInfo, StreamInfo
 from nats.js.errors import KeyNotFoundError
 
 from notifier.policy import MAX_RETRY_DELAY
 from notifier.settings import Settings
 from streams import subjects, topology
-from tests.chaos.audit import Audit, StreamEvent, audit, deliveries_of, read_stream
+from tests.chaos.audit import Audit, Cause, Evidence, StreamEvent, audit, deliveries_of, read_stream
 from tests.chaos.load import Load
 from tests.chaos.system import System
 from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram, by_method, refused_sends
@@ -40,11 +40,12 @@ SETTLE_POLL = 0.2
 
 
 class Duplicates(StrEnum):
-    """Which copies of an already delivered event a scenario accepts."""
+    """Which copies of an already delivered event a scenario accepts (a copy with no cause: never)."""
 
-    NONE = "none"  # not one, not even flagged
-    FLAGGED = "flagged"  # only copies whose headline says they may repeat (an earlier answer was lost)
-    EXPLAINED = "explained"  # also unflagged copies of a message sent around a fault or answered late by the fake
+    NONE = "none"  # not one, whatever its cause, flagged or not
+    # only copies of a send whose answer was lost (the fake lost it, or the sender was SIGKILLed or
+    # SIGSTOPped while it was under way), each flagged as may-repeat (audit.ALLOWED_CAUSES)
+    LOST_ANSWERS = "lost answers"
 
 
 def _no_rules(report: Report) -> list[str]:
@@ -58,7 +59,7 @@ class Scenario:
     faults: Callable[[System, Load], Coroutine[None, None, None]]
     telegram: Callable[[], FaultyTelegram] = FaultyTelegram
     notifier_env: dict[str, str] = field(default_factory=dict)
-    duplicates: Duplicates = Duplicates.FLAGGED
+    duplicates: Duplicates = Duplicates.NONE
     rules: Callable[[Report], list[str]] = _no_rules  # the scenario's own requirements: each broken one, in words
 
     def heading(self, facts: Mapping[str, Any] | None = None) -> str:
@@ -240,7 +241,7 @@ SCENARIOS = [
         "SIGKILL 3 notifier replicas and the API",
         _kills,
         telegram=lambda: FaultyTelegram(answer_delay=0.02),  # replicas hold events when killed
-        duplicates=Duplicates.EXPLAINED,
+        duplicates=Duplicates.LOST_ANSWERS,  # a send under way when its replica was killed
     ),
     Scenario("nats", "nats-server restarted (2 s down)", _nats_restart),
     Scenario(
@@ -258,7 +259,7 @@ SCENARIOS = [
         _nothing,
         telegram=_flaky_telegram,
         notifier_env={"TELEGRAM_TIMEOUT": "0.5"},
-        duplicates=Duplicates.EXPLAINED,  # a message answered after the client gave up is sent again
+        duplicates=Duplicates.LOST_ANSWERS,  # a message answered after the client gave up is sent again
     ),
     Scenario(
         "rights",
@@ -289,7 +290,7 @@ SCENARIOS = [
         f"a replica SIGSTOPped for 3 x the ack wait ({FREEZE_FOR:g} s)",
         _sigstop,
         telegram=lambda: FaultyTelegram(answer_delay=0.05),  # a send is likely in flight when it stops
-        duplicates=Duplicates.FLAGGED,
+        duplicates=Duplicates.LOST_ANSWERS,
         rules=_sigstop_rules,
     ),
     Scenario(
@@ -487,12 +488,6 @@ def _facts(system: System, telegram: FaultyTelegram) -> dict[str, Any]:
     return facts
 
 
-async def _todos(base_url: str) -> dict[str, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/api/todos") as response:
-        response.raise_for_status()
-        return {todo["id"]: todo for todo in await response.json()}
-
-
 async def run(
     scenario: Scenario,
     changes: int,
@@ -513,7 +508,7 @@ async def run(
             group.create_task(scenario.faults(system, load))
         # read the outcome only once settled: before, an event may be in the stream but not yet sent
         settling = await settle(system, SETTLE_TIMEOUT)
-        rows = await _todos(system.web.url)
+        rows = await system.todo_rows()  # from the database: the API is what is under test
         stream = await read_stream(system.js)
         dead = (await system.js.stream_info(subjects.DLQ_STREAM)).state.messages
         outbox = await system.outbox_rows()
@@ -522,14 +517,16 @@ async def run(
         facts = _facts(system, telegram)
         if isinstance(telegram, HookedTelegram):
             facts["hooked_records"] = await _records(system, stream, sorted(telegram.hooked))
+        evidence = Evidence(
+            faults=list(system.faults),
+            senders=dict(system.senders),
+            slow_ids=set(telegram.slow_ids),
+            hooked_ids=set(telegram.hooked) if isinstance(telegram, HookedTelegram) else set(),
+            sent_log_writes={key: list(writes) for key, writes in system.sent_log_writes.items()},
+            started=started,
+        )
         result = audit(
-            load.ledger,
-            rows=rows,
-            stream=stream,
-            sent=telegram.sent,
-            faults=system.faults,
-            slow_ids=telegram.slow_ids,
-            settled=settling.settled,
+            load.ledger, rows=rows, stream=stream, sent=telegram.sent, evidence=evidence, settled=settling.settled
         )
     return Report(
         scenario=scenario.name,
@@ -558,21 +555,23 @@ async def run(
 
 COLUMNS = (
     "scenario", "changes committed", "answer lost (committed)", "events in stream", "messages", "events delivered",
-    "lost", "duplicates (flagged)", "API 503s", "API other 5xx", "dead letters", "redelivered", "refused sends",
+    "lost", "duplicates (causes; flagged)", "API 503s", "API other 5xx", "dead letters", "redelivered", "refused sends",
     "seconds",
 )  # fmt: skip
 
 
 def duplicates_cell(a: Audit) -> str:
-    """E.g. "3 (2 flagged, 1 after a fault)"."""
+    """The duplicates by cause, and how many were flagged: "1 (1 lost answer, flagged)",
+    "3 (2 lost answer, 1 sender SIGKILLed; all flagged)", "2 (1 lost answer, 1 no cause; 1 flagged)"."""
     if not a.duplicates:
         return "0"
-    parts = [f"{a.flagged_duplicates} flagged"]
-    if a.explained_duplicates:
-        parts.append(f"{a.explained_duplicates} unflagged after a fault")
-    if a.unexplained_duplicates:
-        parts.append(f"{a.unexplained_duplicates} unflagged, no fault")
-    return f"{a.duplicates} ({', '.join(parts)})"
+    order = [cause.value for cause in Cause]
+    causes = ", ".join(f"{a.duplicate_causes[cause]} {cause}" for cause in order if a.duplicate_causes.get(cause))
+    if a.flagged_duplicates == a.duplicates:
+        flagged = "flagged" if a.duplicates == 1 else "all flagged"
+    else:
+        flagged = "not flagged" if a.duplicates == 1 else f"{a.flagged_duplicates} flagged"
+    return f"{a.duplicates} ({causes}{', ' if a.duplicates == 1 else '; '}{flagged})"
 
 
 def table(reports: list[Report]) -> str:

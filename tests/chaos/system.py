@@ -2,16 +2,25 @@
 
 Everything runs as in production: `python -m web` (API + outbox relay) and `python -m notifier`
 processes, a real nats-server with file storage and a real PostgreSQL; only Telegram is faked,
-in this process, so its clock is the test's clock. `faults` records when each fault happened,
-`facts` what a scenario noted on the way (shown in its report), and `notifier_log_events` counts what
-the notifiers logged (their JSON logs are under `workdir/logs`).
+in this process, so its clock is the test's clock. `faults` records when each fault happened (and
+which replica a SIGKILL or SIGSTOP hit), `facts` what a scenario noted on the way (shown in its
+report), and `notifier_log_events` counts what the notifiers logged (their JSON logs are under
+`workdir/logs`).
+
+What the audit needs to tie a duplicate message to its cause is recorded on the way: each notifier
+replica talks to the fake through a port of its own, so `senders` knows which replica sent each
+accepted message; `sent_log_writes` is every write to `todos_sent` (`sending`, `sent`, `refused`), with
+the time it went by (a subscription on the bucket's subjects). `todo_rows` reads the final todos from
+the database itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -23,13 +32,17 @@ from typing import Any, Self
 
 import asyncpg  # type: ignore[import-untyped]
 import nats
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from streams import subjects, topology
+from streams import payload, subjects, topology
 from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram
-from tests.processes import Proc, ready_all, start_notifier, start_web, stop_all
-from tests.services import NatsServer, Postgres
+from tests.fake_telegram import RECORD
+from tests.processes import ROOT, Proc, ready_all, start_notifier, start_web, stop_all
+from tests.services import LOCALHOST, NatsServer, Postgres, free_port
 
 CHAT_ID = -1001234567890
 # the fake enforces no rate limit, so the notifiers need not pace (Telegram's 20 messages/min for a group
@@ -50,8 +63,22 @@ class Fault:
     kind: str
     start: float  # time.monotonic()
     end: float
-    # a message delivered around it may be delivered again (ok seen by nobody, or ack/KV write lost)
-    explains_duplicates: bool = True
+    # the notifier replica it SIGKILLed or SIGSTOPped, and the signal ("" for any other fault): a send of
+    # that replica under way in [start, end] may lose its outcome, and the message be sent again
+    replica: str = ""
+    signal: str = ""
+    nats_down: bool = False  # nats-server was down: a send Telegram accepted meanwhile could not be recorded
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who sent an accepted message: the replica, and when the fake's answer to it was ready."""
+
+    replica: str
+    answered_at: float  # time.monotonic()
+
+
+TODOS_SQL = "SELECT id, user_id, task, done, created_at, updated_at FROM todos"
 
 
 async def _quiet(error: Exception) -> None:
@@ -67,10 +94,22 @@ class System:
     notifier_env: dict[str, str] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    senders: dict[int, Sender] = field(default_factory=dict)  # message_id -> the replica that sent it
+    # todos_sent key -> (when, value) of each write seen ("sending", "sent", "refused")
+    sent_log_writes: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    _replica_runner: web.AppRunner | None = field(default=None, init=False, repr=False)
 
     async def __aenter__(self) -> Self:
         self.database_url = self.postgres.create_database(f"chaos_{uuid.uuid4().hex[:10]}")
         self.nats = NatsServer(self.workdir / "nats").start()
+        try:
+            await self._start()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def _start(self) -> None:
         self.nc: NatsClient = await nats.connect(
             self.nats.url,
             max_reconnect_attempts=-1,
@@ -79,33 +118,55 @@ class System:
         )
         self.js: JetStreamContext = self.nc.jetstream()
         await topology.bootstrap(self.js, 1)
+        await self.nc.subscribe(f"$KV.{subjects.SENT_BUCKET}.>", cb=self._saw_record)
         await self.telegram.start()
+        names = [f"notifier-{i}" for i in range(self.replicas)]
+        urls = await self._serve_telegram_per_replica(names)
         logs = self.workdir / "logs"
         self.web = start_web(database_url=self.database_url, nats_url=self.nats.url, log_dir=logs)
         self.notifiers = [
             start_notifier(
                 nats_url=self.nats.url,
-                telegram_base_url=self.telegram.base_url,
+                telegram_base_url=urls[name],
                 token=self.telegram.token,
                 chat_id=CHAT_ID,
                 log_dir=logs,
-                name=f"notifier-{i}",
+                name=name,
                 env={**UNPACED, **self.notifier_env},
             )
-            for i in range(self.replicas)
+            for name in names
         ]
-        try:
-            await ready_all(self.procs)
-        except BaseException:
-            await self.__aexit__()
-            raise
-        return self
+        await ready_all(self.procs)
 
     async def __aexit__(self, *exc: object) -> None:
-        await stop_all(self.procs, timeout=15)
+        """Stop whatever was started (all of it, or what a failed start got to)."""
+        started = [getattr(self, "web", None), *getattr(self, "notifiers", [])]
+        await stop_all([proc for proc in started if proc is not None], timeout=15)
+        if self._replica_runner is not None:
+            await self._replica_runner.cleanup()
         await self.telegram.stop()
-        await self.nc.close()
+        if hasattr(self, "nc"):
+            await self.nc.close()
         self.nats.stop()
+
+    async def _serve_telegram_per_replica(self, names: list[str]) -> dict[str, str]:
+        """The fake's Bot API once more, on one port per replica (the base URL each is given), so the port a
+        request came in on names its sender. The fake's state is shared: it is the same handler."""
+        ports = {free_port(): name for name in names}
+        app = self.telegram.app()
+        app.middlewares.append(_sender_tap(ports, self.senders))
+        self._replica_runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._replica_runner.setup()
+        for port in ports:
+            await web.TCPSite(self._replica_runner, LOCALHOST, port).start()
+        return {name: f"http://{LOCALHOST}:{port}" for port, name in ports.items()}
+
+    async def _saw_record(self, msg: Msg) -> None:
+        """A write to todos_sent: note when it went by, and what (an empty value is an older `sent`)."""
+        operation = (msg.headers or {}).get("KV-Operation", "")
+        value = operation.lower() if operation else (msg.data.decode(errors="replace") or "sent")
+        key = msg.subject.removeprefix(f"$KV.{subjects.SENT_BUCKET}.")
+        self.sent_log_writes.setdefault(key, []).append((time.monotonic(), value))
 
     @property
     def procs(self) -> list[Proc]:
@@ -117,7 +178,8 @@ class System:
         """SIGKILL a process, start it again at once, wait until it is ready."""
         at = time.monotonic()
         proc.kill()
-        self.faults.append(Fault(f"SIGKILL {proc.name}", at, at, explains_duplicates=proc in self.notifiers))
+        replica = proc.name if proc in self.notifiers else ""
+        self.faults.append(Fault(f"SIGKILL {proc.name}", at, at, replica=replica, signal="SIGKILL" if replica else ""))
         await proc.start().ready()
 
     async def restart_nats(self, down_for: float) -> None:
@@ -126,14 +188,14 @@ class System:
         self.nats.stop()
         await asyncio.sleep(down_for)
         self.nats.start()
-        self.faults.append(Fault("nats-server restart", at, time.monotonic()))
+        self.faults.append(Fault("nats-server restart", at, time.monotonic(), nats_down=True))
 
     async def stop_postgres(self, down_for: float) -> None:
         at = time.monotonic()
         await asyncio.to_thread(self.postgres.stop)
         await asyncio.sleep(down_for)
         await self._start_postgres()
-        self.faults.append(Fault("PostgreSQL stopped", at, time.monotonic(), explains_duplicates=False))
+        self.faults.append(Fault("PostgreSQL stopped", at, time.monotonic()))
 
     async def _start_postgres(self, attempts: int = 3) -> None:
         """Start PostgreSQL again; a few tries, since its port was free for anyone while it was down."""
@@ -158,7 +220,7 @@ class System:
         finally:
             self.telegram.restore_rights(CHAT_ID)
         # every refusal is an answer read: nothing may be sent twice because of it
-        self.faults.append(Fault("bot's rights revoked", at, time.monotonic(), explains_duplicates=False))
+        self.faults.append(Fault("bot's rights revoked", at, time.monotonic()))
 
     async def telegram_outage(self, status: int, lasting: float) -> None:
         """Every Bot API request answers `status` (503 ...) for `lasting` seconds."""
@@ -168,7 +230,7 @@ class System:
             await asyncio.sleep(lasting)
         finally:
             self.telegram.outage_status = 0
-        self.faults.append(Fault(f"Telegram answering {status}", at, time.monotonic(), explains_duplicates=False))
+        self.faults.append(Fault(f"Telegram answering {status}", at, time.monotonic()))
 
     async def freeze(self, proc: Proc, lasting: float) -> None:
         """SIGSTOP a process, SIGCONT it `lasting` seconds later (whatever happens meanwhile)."""
@@ -178,7 +240,10 @@ class System:
             await asyncio.sleep(lasting)
         finally:
             proc.signal(signal.SIGCONT)
-        self.faults.append(Fault(f"SIGSTOP {proc.name}", at, time.monotonic()))
+        replica = proc.name if proc in self.notifiers else ""
+        self.faults.append(
+            Fault(f"SIGSTOP {proc.name}", at, time.monotonic(), replica=replica, signal="SIGSTOP" if replica else "")
+        )
 
     async def stop_nats_before_answering(self, message_id: int, down_for: float, timeout: float = 60.0) -> None:
         """When the fake accepts message `message_id`, stop nats-server before the sender reads Telegram's ok;
@@ -202,7 +267,9 @@ class System:
             raise TimeoutError(f"message #{message_id} was not accepted within {timeout:.0f} s") from None
         await asyncio.sleep(down_for)
         self.nats.start()
-        self.faults.append(Fault(f"nats-server stopped before the ok of message #{message_id}", at, time.monotonic()))
+        self.faults.append(
+            Fault(f"nats-server stopped before the ok of message #{message_id}", at, time.monotonic(), nats_down=True)
+        )
 
     async def recreate_consumer(self) -> None:
         """Delete the shared consumer, then restart every notifier replica (SIGTERM, start, ready); the
@@ -210,9 +277,7 @@ class System:
         at = time.monotonic()
         await self.js.delete_consumer(subjects.STREAM, subjects.CONSUMER)
         await asyncio.gather(*(proc.restart() for proc in self.notifiers))
-        self.faults.append(
-            Fault("consumer deleted, notifiers restarted", at, time.monotonic(), explains_duplicates=False)
-        )
+        self.faults.append(Fault("consumer deleted, notifiers restarted", at, time.monotonic()))
 
     # the notifiers' logs
 
@@ -242,6 +307,62 @@ class System:
             return int(await connection.fetchval("SELECT count(*) FROM outbox"))
         finally:
             await connection.close()
+
+    async def todo_rows(self) -> dict[str, dict[str, Any]]:
+        """The final todos, read from the database (not through the API under test), by id."""
+        return await read_todos(self.database_url)
+
+
+async def read_todos(database_url: str) -> dict[str, dict[str, Any]]:
+    """Every row of `todos`, as the API's JSON shows it, by id.
+
+    PostgreSQL through asyncpg, SQLite (`sqlite://path`, relative to the web process's directory) through
+    sqlite3. Each row goes through `streams.payload.Todo`, the model the API answers and publishes with
+    (camelCase keys, UTC timestamps with milliseconds and `Z`), so a row compares equal to its last event
+    field for field.
+    """
+    if database_url.startswith("sqlite://"):
+        path = ROOT / database_url.removeprefix("sqlite://")
+        records = await asyncio.to_thread(_sqlite_rows, path)
+    else:
+        connection = await asyncpg.connect(database_url)
+        try:
+            records = [dict(record) for record in await connection.fetch(TODOS_SQL)]
+        finally:
+            await connection.close()
+    todos = [api_json(record) for record in records]
+    return {str(todo["id"]): todo for todo in todos}
+
+
+def api_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A `todos` row (column names) as the API's JSON todo."""
+    todo = payload.Todo.model_validate({
+        "id": row["id"], "userId": row["user_id"], "task": row["task"], "done": row["done"],
+        "createdAt": row["created_at"], "updatedAt": row["updated_at"],
+    })  # fmt: skip
+    return todo.to_json()
+
+
+def _sqlite_rows(path: Path) -> list[dict[str, Any]]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.row_factory = sqlite3.Row
+        return [dict(row) for row in connection.execute(TODOS_SQL)]
+
+
+def _sender_tap(ports: Mapping[int, str], senders: dict[int, Sender]) -> Middleware:
+    """Note, for each message the fake accepts, the replica whose port the request came in on."""
+
+    @web.middleware
+    async def tap(request: web.Request, handler: Handler) -> web.StreamResponse:
+        sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        port = int(sockname[1]) if sockname else (request.url.port or 0)
+        response = await handler(request)
+        record = request.get(RECORD)  # the fake's record of the request: the message it posted, if any
+        if record is not None and record.sent is not None:
+            senders[record.sent.message_id] = Sender(ports.get(port, f"port {port}"), time.monotonic())
+        return response
+
+    return tap
 
 
 def _size(path: Path) -> int:

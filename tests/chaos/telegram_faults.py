@@ -2,15 +2,14 @@
 
 A slow answer is given after the message was accepted (as Telegram does when the network is slow):
 the client times out, retries, and the chat gets the message twice. Those messages are remembered
-in `slow_ids` so a duplicate can be traced back to its cause. `HookedTelegram` runs a hook (a fault
-elsewhere) between accepting a chosen message and answering it; `by_method` and `refused_sends` count
-what the notifiers asked.
+in `slow_ids`, and a message whose client was gone by the time its answer was written (timed out,
+killed) is marked `Sent.answer_lost`, so a duplicate can be traced back to its cause. `HookedTelegram`
+runs a hook (a fault elsewhere) between accepting a chosen message and answering it; `by_method` and
+`refused_sends` count what the notifiers asked.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import random
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.fake_telegram import FakeTelegram, Request, TelegramError
+from tests.fake_telegram import CLIENT_GONE, RECORD, FakeTelegram, Request, TelegramError
 
 
 @dataclass
@@ -54,15 +53,16 @@ class FaultyTelegram(FakeTelegram):
 
     async def _handle(self, request: web.Request) -> web.Response:
         response = await super()._handle(request)
-        if request.match_info["method"].lower() != "sendmessage" or response.status != 200:
+        message = request[RECORD].sent
+        if message is None or response.status != 200:
             return response
-        # the base handler returns right after recording, with no await in between: the last one is ours
+        wait = self.answer_delay
         if self.share_slow and self._rng.random() < self.share_slow:
             self.injected["slow"] += 1
-            self.slow_ids.add(self.sent[-1].message_id)
-            await asyncio.sleep(self.slow_delay)
-        elif self.answer_delay:
-            await asyncio.sleep(self.answer_delay)
+            self.slow_ids.add(message.message_id)
+            wait = self.slow_delay
+        if wait and not await self._hold_answer(request, wait):  # the client gave up meanwhile
+            return web.Response(status=CLIENT_GONE)
         return response
 
 
@@ -88,14 +88,15 @@ class HookedTelegram(FaultyTelegram):
 
     async def _handle(self, request: web.Request) -> web.Response:
         response = await super()._handle(request)
-        if request.match_info["method"].lower() != "sendmessage" or response.status != 200:
+        message = request[RECORD].sent
+        if message is None or response.status != 200:
             return response
-        assert isinstance(response.body, bytes)
-        message_id = int(json.loads(response.body)["result"]["message_id"])
-        hook = self._hooks.pop(message_id, None)
+        hook = self._hooks.pop(message.message_id, None)
         if hook is not None:
             await hook()
-            self.hooked[message_id] = time.monotonic()
+            self.hooked[message.message_id] = time.monotonic()
+            if self._answer_lost(request):  # e.g. the hook killed the sender
+                return web.Response(status=CLIENT_GONE)
         return response
 
 
@@ -109,5 +110,7 @@ def refused_sends(requests: Iterable[Request], start: float = 0.0, end: float = 
     return [
         request
         for request in requests
-        if request.method.lower() == "sendmessage" and request.status not in (200, 499) and start <= request.at <= end
+        if request.method.lower() == "sendmessage"
+        and request.status not in (200, CLIENT_GONE)
+        and start <= request.at <= end
     ]

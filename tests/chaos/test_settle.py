@@ -20,14 +20,12 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, ConsumerInfo, SequenceInfo, StreamConfig, StreamInfo, StreamState
 
-from notifier.formatting import Event, render_fitting
 from streams import subjects
 from streams.subjects import Change
 from tests.chaos.audit import Audit, StreamEvent, audit
 from tests.chaos.load import Attempt, Ledger, Outcome
-from tests.chaos.scenarios import BY_NAME, Duplicates, Report, Settleable, settle
-from tests.chaos.system import Fault
-from tests.chaos.verdict import duplicate_problem, problems
+from tests.chaos.scenarios import BY_NAME, Report, Settleable, settle
+from tests.chaos.verdict import problems
 from tests.fake_telegram import Sent
 
 
@@ -212,7 +210,7 @@ def _audit(*, settled: bool, sent: int) -> Audit:
         events.append(StreamEvent(n + 1, Change.CREATED, payload, f"e{n}"))
     rows = {event.payload["id"]: event.payload for event in events}
     messages = [_message(event.payload, n) for n, event in enumerate(events[:sent])]
-    return audit(ledger, rows=rows, stream=events, sent=messages, faults=[], slow_ids=set(), settled=settled)
+    return audit(ledger, rows=rows, stream=events, sent=messages, settled=settled)
 
 
 def test_audit_counts_an_undelivered_event_as_lost_only_when_settled() -> None:
@@ -242,75 +240,12 @@ def test_audit_does_not_blame_the_notifier_for_an_event_the_stream_holds_twice()
     attempt, payload = _committed("t0")
     stream = [StreamEvent(1, Change.CREATED, payload, "e0"), StreamEvent(2, Change.CREATED, payload, "e0-again")]
     sent = [_message(payload, 1), _message(payload, 2)]
-    result = audit(
-        Ledger(attempts=[attempt]), rows={"t0": payload}, stream=stream, sent=sent, faults=[], slow_ids=set()
-    )
+    result = audit(Ledger(attempts=[attempt]), rows={"t0": payload}, stream=stream, sent=sent)
     assert result.stream_duplicates == 1
     assert result.duplicates == 0
     sent.append(_message(payload, 3))
-    tripled = audit(
-        Ledger(attempts=[attempt]), rows={"t0": payload}, stream=stream, sent=sent, faults=[], slow_ids=set()
-    )
-    assert tripled.duplicates == 1
-
-
-# duplicates by cause: a copy whose headline says it may repeat (flagged), or not
-
-
-def _rendered(events: list[tuple[dict[str, Any], bool]], message_id: int) -> Sent:
-    """A message as the notifier renders it: events (payload, may_repeat) in one message."""
-    _, text = render_fitting([Event(Change.CREATED, payload, may_repeat=flag) for payload, flag in events], 20)
-    return Sent(float(message_id), "-1", text, message_id)
-
-
-def _duplicates_audit(sent: list[Sent], payloads: list[dict[str, Any]]) -> Audit:
-    ledger = Ledger(attempts=[_committed(payload["task"])[0] for payload in payloads])
-    stream = [StreamEvent(n + 1, Change.CREATED, payload, f"e{n}") for n, payload in enumerate(payloads)]
-    rows = {payload["id"]: payload for payload in payloads}
-    return audit(ledger, rows=rows, stream=stream, sent=sent, faults=[], slow_ids=set())
-
-
-def test_a_copy_that_says_it_may_repeat_is_a_flagged_duplicate() -> None:
-    _, payload = _committed("t0")
-    result = _duplicates_audit([_rendered([(payload, False)], 1), _rendered([(payload, True)], 2)], [payload])
-    assert (result.duplicates, result.flagged_duplicates, result.unflagged_duplicates) == (1, 1, 0)
-    assert result.details == []
-    assert duplicate_problem(result, Duplicates.FLAGGED) == ""
-    assert duplicate_problem(result, Duplicates.NONE).startswith("1 duplicates (1 flagged")
-
-
-def test_a_plain_copy_after_a_flagged_one_is_not_flagged() -> None:
-    """The later copies must say it: a plain one after a flagged one (a stale send of a frozen replica) is not."""
-    _, payload = _committed("t0")
-    sent = [_rendered([(payload, False)], 1), _rendered([(payload, True)], 2), _rendered([(payload, False)], 3)]
-    result = _duplicates_audit(sent, [payload])
-    assert (result.duplicates, result.flagged_duplicates, result.unexplained_duplicates) == (2, 1, 1)
-    assert result.details[0].startswith("UNFLAGGED DUPLICATE x3 with no fault near it")
-    assert "not flagged" in duplicate_problem(result, Duplicates.FLAGGED)
-    assert "neither flagged" in duplicate_problem(result, Duplicates.EXPLAINED)
-
-
-def test_the_note_flags_only_the_block_it_heads_in_a_grouped_message() -> None:
-    (_, first), (_, second) = _committed("t0"), _committed("t1")
-    sent = [
-        _rendered([(first, False), (second, False)], 1),
-        _rendered([(first, False), (second, True)], 2),  # first repeated plainly, second flagged
-    ]
-    result = _duplicates_audit(sent, [first, second])
-    assert (result.duplicates, result.flagged_duplicates) == (2, 1)
-    assert result.delivered == 4
-
-
-def test_an_unflagged_duplicate_near_a_fault_is_explained_not_flagged() -> None:
-    _, payload = _committed("t0")
-    sent = [_rendered([(payload, False)], 1), _rendered([(payload, False)], 2)]
-    ledger = Ledger(attempts=[_committed("t0")[0]])
-    stream = [StreamEvent(1, Change.CREATED, payload, "e0")]
-    fault = Fault("SIGKILL notifier-0", 0.5, 0.5)
-    result = audit(ledger, rows={"t0": payload}, stream=stream, sent=sent, faults=[fault], slow_ids=set())
-    assert (result.duplicates, result.flagged_duplicates, result.explained_duplicates) == (1, 0, 1)
-    assert duplicate_problem(result, Duplicates.EXPLAINED) == ""
-    assert duplicate_problem(result, Duplicates.FLAGGED) != ""
+    tripled = audit(Ledger(attempts=[attempt]), rows={"t0": payload}, stream=stream, sent=sent)
+    assert tripled.duplicates == tripled.unexplained_duplicates == 1
 
 
 def test_scenario_titles_name_the_facts_of_the_run() -> None:

@@ -5,6 +5,11 @@ phase: coverage, fuzzing, stateful chains through the documented links) runs all
 /api/openapi.json. The requests it made are counted from its HAR report, so the test fails if
 fewer than 1,000 were made. No check is excluded: the API has no authentication, so the auth checks
 (ignored_auth, object_level_authorization) pass trivially rather than being switched off.
+
+Schemathesis only sees HTTP answers; the events are checked here, from the same HAR report: once the
+relay has settled, the stream holds exactly the bodies of the 2xx answers to POST, PUT and DELETE, in
+the order they were answered (one worker: each request is answered before the next is sent, so
+answer order is commit order), and nothing else: a 4xx or 5xx that published an event would add one.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.processes import Proc, start_web
 from tests.services import NatsServer
+from tests.web.helpers import wait_until_settled
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,8 +51,31 @@ async def api(nats_server: NatsServer, database_url: str, tmp_path: Path) -> Asy
         await web.stop()
 
 
-async def test_schemathesis(api: Proc, tmp_path: Path) -> None:
-    """Every documented operation, >= 1,000 requests, no 5xx, no failed check (fixed seed)."""
+SUBJECTS = {"POST": "todos.created", "PUT": "todos.updated", "DELETE": "todos.deleted"}
+
+
+def changes_answered(entries: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(subject, body) of every 2xx answer to a POST, PUT or DELETE of /api/todos, in the order answered."""
+    changes = []
+    for entry in entries:
+        request, response = entry["request"], entry["response"]
+        path = urlsplit(request["url"]).path
+        if request["method"] in SUBJECTS and path.startswith("/api/todos") and 200 <= response["status"] < 300:
+            assert "comment" not in response["content"], response["content"]["comment"]  # a truncated body
+            changes.append((SUBJECTS[request["method"]], json.loads(response["content"]["text"])))
+    return changes
+
+
+def per_todo(changes: list[tuple[str, dict[str, Any]]]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    by_todo: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for subject, body in changes:
+        by_todo[body["id"]].append((subject, body))
+    return dict(by_todo)
+
+
+async def test_schemathesis(api: Proc, tmp_path: Path, nats_server: NatsServer, database_url: str) -> None:
+    """Every documented operation, >= 1,000 requests, no 5xx, no failed check (fixed seed); the stream
+    holds exactly the 2xx changes' answers, in order, and no event of a rejected request."""
     har, report = tmp_path / "run.har", tmp_path / "report.json"
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{api.url}/api/openapi.json",
@@ -70,3 +101,15 @@ async def test_schemathesis(api: Proc, tmp_path: Path) -> None:
     assert summary["failures"] == [], failures
     assert summary["errors"] == [], failures
     assert process.returncode == 0, failures
+
+    answered = changes_answered(entries)
+    events = await wait_until_settled(nats_server.url, database_url, timeout=60)
+    published = [(event.subject, event.payload) for event in events]
+    print(f"stream: {len(published)} events for {len(answered)} changes answered 2xx")
+    assert len(answered) > 100, "the run changed too little to say anything about the events"
+    unanswered = [event for event in published if event not in answered]
+    unpublished = [change for change in answered if change not in published]
+    assert unanswered == [], f"events no 2xx answer accounts for: {unanswered[:3]}"
+    assert unpublished == [], f"2xx changes without their event: {unpublished[:3]}"
+    assert per_todo(published) == per_todo(answered), "events of a todo out of order, or repeated"
+    assert published == answered

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
-import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
 from pydantic_settings import BaseSettings
 
 from streams.connection import NatsSettings
@@ -229,12 +229,26 @@ def settings_env(package: str) -> dict[str, tuple[bool, Any]]:
     return env
 
 
-_ROUTE = re.compile(r"""["'](/[A-Za-z0-9_./{}-]*)["']""")
+def _http_app(package: str) -> web.Application:
+    """The aiohttp application the package's process serves, built as the process builds it (nothing started)."""
+    if package == "web":
+        from web.app import init_app  # noqa: PLC0415
+        from web.settings import Settings  # noqa: PLC0415
+
+        return init_app(Settings(DATABASE_URL="sqlite://var/unused.sqlite3", NATS_URL=None))
+    if package == "notifier":
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+        from notifier.health import make_app  # noqa: PLC0415
+
+        return make_app(lambda: True, CollectorRegistry())
+    raise ValueError(f"{package} serves no HTTP")
 
 
-def served_paths(package: str) -> set[str]:
-    """Every path-looking string literal in the package's source (routes are registered with them)."""
-    paths: set[str] = set()
-    for source in (ROOT / package).rglob("*.py"):
-        paths |= set(_ROUTE.findall(source.read_text(encoding="utf-8")))
-    return paths
+def served_routes(package: str) -> set[tuple[str, str]]:
+    """(method, path) of every route registered on the router of the package's HTTP app."""
+    return {
+        (route.method, route.resource.canonical)
+        for route in _http_app(package).router.routes()
+        if route.resource is not None
+    }

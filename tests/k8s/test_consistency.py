@@ -19,7 +19,7 @@ from tests.k8s.manifests import (
     data_keys,
     find,
     load_yaml,
-    served_paths,
+    served_routes,
     settings_env,
 )
 
@@ -113,12 +113,14 @@ def test_probes_hit_paths_and_port_the_process_serves(container: Container):
     assert all(probes.values()), f"{container.label}: every probe is set"
     assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    served = served_paths(container.package)
+    served = served_routes(container.package)
     port = _port_setting(container)
     _, default = settings_env(container.package)[{"web": "PORT", "notifier": "NOTIFIER_PORT"}[container.package]]
     assert port == int(default), "the manifest keeps the contract's default port"
     for probe in probes.values():
-        assert probe["httpGet"]["path"] in served, f"{container.package} serves no {probe['httpGet']['path']}"
+        assert ("GET", probe["httpGet"]["path"]) in served, (
+            f"{container.package} serves no GET {probe['httpGet']['path']}"
+        )
         assert container.port_number(probe["httpGet"]["port"]) == port
 
 

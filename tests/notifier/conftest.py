@@ -21,8 +21,9 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 
-from streams import topology
+from streams import subjects, topology
 from streams.payload import Todo
 from streams.subjects import MSG_ID_HEADER, Change
 from tests.fake_telegram import FakeTelegram
@@ -44,6 +45,30 @@ async def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def drained(js: JetStreamContext, *holders: Replica, timeout: float = 30.0) -> ConsumerInfo:
+    """Wait until the shared consumer has delivered every event and every delivery is settled (acked or
+    terminated), and the running replicas in `holders` hold nothing, on two polls in a row; return the
+    consumer's info then.
+
+    Count messages only after this: a duplicate comes from a delivery still pending or held, and
+    JetStream redelivers an event only when its ack wait (5 s) ran out, so no short sleep can show one.
+    """
+    streak = 0
+
+    async def quiet() -> bool:
+        nonlocal streak
+        info = await js.consumer_info(subjects.STREAM, subjects.CONSUMER)
+        idle = info.num_pending == 0 and info.num_ack_pending == 0
+        for replica in holders:
+            idle = idle and await replica.metric("notifier_events_in_flight") == 0
+        streak = streak + 1 if idle else 0
+        return streak >= 2
+
+    await wait_until(quiet, timeout, "the consumer drained and the replicas holding nothing")
+    info: ConsumerInfo = await js.consumer_info(subjects.STREAM, subjects.CONSUMER)
+    return info
 
 
 def make_todo(task: str = "buy milk", **fields: Any) -> dict[str, Any]:

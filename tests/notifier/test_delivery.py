@@ -1,6 +1,5 @@
 """Replicas deliver every event exactly once: formatting on the wire, sharing, crashes, SIGTERM, dedupe."""
 
-import asyncio
 import json
 import signal
 import time
@@ -11,7 +10,7 @@ from notifier.sent_log import SentLog
 from streams import subjects
 from streams.subjects import Change
 from tests.chaos.telegram_faults import FaultyTelegram
-from tests.notifier.conftest import CHAT_ID, make_todo, publish, wait_until
+from tests.notifier.conftest import CHAT_ID, drained, make_todo, publish, wait_until
 
 
 def sent_ids(fake):
@@ -46,7 +45,7 @@ async def test_three_replicas_share_300_events_each_sent_once(fake, js, replicas
     for _ in range(300):
         await publish(js)
     await wait_until(lambda: len(fake.sent) >= 300, 60, "300 messages")
-    await asyncio.sleep(0.5)  # room for a duplicate to show up
+    await drained(js, *group)
     ids = sent_ids(fake)
     assert len(ids) == 300
     assert len(set(ids)) == 300
@@ -56,7 +55,8 @@ async def test_three_replicas_share_300_events_each_sent_once(fake, js, replicas
 
 
 async def test_sigkill_while_holding_events_another_replica_sends_them(fake, js, replicas):
-    """A replica killed mid-send loses nothing: another one sends its events within 10 s."""
+    """A replica killed mid-send loses nothing: once the ack wait has run out, another one sends its events.
+    (That a slow send stays with its replica while it lives: test_handover.)"""
     first = replicas(fake)
     await first.wait_ready()
     fake.slow_requests, fake.slow_delay = 5, 60.0
@@ -64,15 +64,16 @@ async def test_sigkill_while_holding_events_another_replica_sends_them(fake, js,
         await publish(js)
     sends = lambda: [r for r in fake.requests if r.method.lower() == "sendmessage"]  # noqa: E731
     await wait_until(lambda: len(sends()) == 5, what="5 slow requests")
-    await asyncio.sleep(3)  # longer than half the ack wait: only in_progress() keeps them held
-    assert fake.sent == []
     second = replicas(fake)
     await second.wait_ready()
-    assert fake.sent == []  # the first replica still holds them
+    assert await second.metric("notifier_events_received_total") == 0  # the first replica holds them
     first.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     await wait_until(lambda: len(fake.sent) == 5, 15, "redelivery")
-    assert fake.sent[-1].at - killed_at < 10
+    await drained(js, second)
+    assert all(message.at > killed_at for message in fake.sent)  # sent by the second replica, after the kill
+    assert await second.metric("notifier_events_received_total") == 5
+    assert len(fake.sent) == 5
     assert len(set(sent_ids(fake))) == 5
 
 
@@ -110,15 +111,13 @@ async def test_sigterm_during_a_burst_loses_nothing(fake, js, replicas):
         await publish(js)
     await wait_until(lambda: len(fake.sent) >= 10, what="burst under way")
     first.signal(signal.SIGTERM)
-    started = time.monotonic()
-    assert await first.wait_exit(20) == 0
-    assert time.monotonic() - started < 13
-    assert len(fake.sent) < 100
+    assert await first.wait_exit(20) == 0  # README: within 15 s
+    assert len(fake.sent) < 100  # it stopped, rather than finishing the burst
     assert any(line.get("event") == "notifier.stopped" for line in first.log_lines())
     second = replicas(fake)
     await second.wait_ready()
     await wait_until(lambda: len(fake.sent) >= 100, 30, "all 100 messages")
-    await asyncio.sleep(0.5)
+    await drained(js, second)
     assert sorted(sent_ids(fake)) == sorted(set(sent_ids(fake)))
     assert len(fake.sent) == 100
 
@@ -188,7 +187,7 @@ async def test_a_grouped_message_repeated_after_a_crash_says_it_may_repeat(js, r
         second = replicas(slow, **env)
         await second.wait_ready()
         await wait_until(lambda: len(slow.sent) >= 2, 20, "the events sent again")
-        await asyncio.sleep(0.5)
+        await drained(js, second)
     [original, *repeats] = slow.sent
     assert [todo for m in repeats for todo in parse_message(m.text)] == todos
     for message in repeats:  # every event sent again carries the line, before its block

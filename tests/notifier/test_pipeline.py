@@ -61,6 +61,11 @@ async def consumer(js: Any) -> Any:
     return await js.consumer_info(subjects.STREAM, subjects.CONSUMER)
 
 
+def calls(fake: FakeTelegram, method: str) -> int:
+    """Requests of one Bot API method (lower case) the fake received so far."""
+    return sum(request.method.lower() == method for request in fake.requests)
+
+
 async def settled(js: Any) -> bool:
     info = await consumer(js)
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
@@ -86,7 +91,7 @@ async def test_an_accepted_event_is_never_nakked_when_its_record_fails(fake, js,
     assert calls == 4
     assert len(fake.sent) == 1
     info = await consumer(js)
-    assert info.num_redelivered == 0
+    assert info.delivered.consumer_seq == 1  # delivered once: never nak'ed
     assert info.delivered.stream_seq == 1
     kv = await js.key_value(subjects.SENT_BUCKET)
     assert (await kv.get(subjects.sent_key(event_id))).value == b"sent"
@@ -167,19 +172,20 @@ async def test_a_bot_without_rights_holds_its_events_and_spends_no_delivery(fake
     """Rights revoked: the sends fail once, the events are held (no nak), the probe (getChatMember)
     keeps saying no; rights back: every event is sent once, none redelivered or dead-lettered."""
     start()
-    await asyncio.sleep(0.5)  # past the start probe: the rights go while the replica runs
+    await wait_until(lambda: calls(fake, "getchatmember"), 10, "the start probe")  # the rights go after it
     fake.revoke_rights(str(CHAT_ID))
     ids = [await publish(js) for _ in range(20)]
     await wait_until(lambda: sum(r.method.lower() == "getchatmember" for r in fake.requests) >= 5, 20, "probes")
     refused = [r for r in fake.requests if r.method.lower() == "sendmessage"]
     assert 1 <= len(refused) <= 20  # each event tried once at most, never again while the bot may not post
-    await asyncio.sleep(1.0)
-    assert len([r for r in fake.requests if r.method.lower() == "sendmessage"]) == len(refused)
+    probes = calls(fake, "getchatmember")
+    await wait_until(lambda: calls(fake, "getchatmember") >= probes + 3, 20, "three more probe rounds")
+    assert calls(fake, "sendmessage") == len(refused)
     fake.restore_rights(str(CHAT_ID))
     await wait_until(lambda: len(fake.sent) == 20, 20, "the held events sent")
     await wait_until(lambda: settled(js), 10, "all acked")
     info = await consumer(js)
-    assert info.num_redelivered == 0
+    assert info.delivered.consumer_seq == 20  # each delivered once: held, never nak'ed
     assert await list_dead_letters(js) == []
     assert len(ids) == 20
 
@@ -194,7 +200,8 @@ async def test_a_long_outage_holds_the_events_instead_of_dead_lettering(fake, js
     start(NOTIFIER_RETRY_MAX_DELAY="0.2")
     for _ in range(10):
         await publish(js)
-    await asyncio.sleep(4.0)
+    # fifteen probe rounds (0.2 s apart, as long as the longest retry delay): the outage outlasts the retries
+    await wait_until(lambda: calls(fake, "getchat") >= 15, 20, "fifteen probes in the outage")
     sends_in_outage = sum(r.method.lower() == "sendmessage" for r in fake.requests)
     assert sends_in_outage <= 12, sends_in_outage  # not retried over and over
     fake.outage_status = 0
@@ -225,7 +232,8 @@ async def test_sendmessage_failing_alone_is_an_outage_too(fake, js, start):
     start(NOTIFIER_RETRY_MAX_DELAY="0.2")
     for _ in range(3):
         await publish(js)
-    await asyncio.sleep(8.0)  # probes every 0.2 s at most: dozens of cycles
+    # twenty cycles of probe (answered), resume, send (500), halt: a delivery spent per cycle would be 20
+    await wait_until(lambda: calls(fake, "getchatmember") >= 1 + 20, 30, "twenty probe cycles")
     assert await list_dead_letters(js) == []
     info = await consumer(js)
     assert info.delivered.consumer_seq <= 3 + 2, info  # the two naks before the outage was declared
@@ -251,12 +259,13 @@ async def test_an_unknown_refusal_the_probe_confirms_holds_the_backlog(js, start
     shows it is the bot, not the message: held, then all sent when the bot may post again."""
     async with UnknownRefusal() as fake:
         start(fake)
-        await asyncio.sleep(0.5)  # past the start probe, which finds the bot allowed
+        await wait_until(lambda: calls(fake, "getchatmember"), 10, "the start probe")  # it finds the bot allowed
         fake.member_status[str(CHAT_ID)] = "restricted"
         for _ in range(5):
             await publish(js)
-        await wait_until(lambda: sum(r.method.lower() == "sendmessage" for r in fake.requests) >= 1, 10, "a send")
-        await asyncio.sleep(1.5)
+        await wait_until(lambda: calls(fake, "sendmessage") >= 1, 10, "a send")
+        probes = calls(fake, "getchatmember")
+        await wait_until(lambda: calls(fake, "getchatmember") >= probes + 3, 20, "three probe rounds")
         assert await list_dead_letters(js) == []
         fake.refusing = False
         fake.member_status[str(CHAT_ID)] = "administrator"

@@ -49,6 +49,9 @@ class Source:
         taken, self.waiting = self.waiting[:batch], self.waiting[batch:]
         return taken
 
+    async def stop_fetching(self) -> list[Msg]:
+        return []
+
     async def ack(self, msg: Msg) -> None:
         self.calls.append("ack")
 
@@ -77,11 +80,12 @@ class SentLog:
             self.freeze = 0.0
         return [self.record for _ in ids]
 
-    def sending(self, event_ids: Any) -> asyncio.Future[Any]:
+    async def sending(self, event_ids: Any, patience: float) -> bool:
         self.writes += [("sending", event_id) for event_id in event_ids]
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return True
+
+    def lost(self, event_ids: Any) -> None:
+        self.writes += [("lost", event_id) for event_id in event_ids]
 
     def refused(self, event_ids: Any) -> None:
         self.writes += [("refused", event_id) for event_id in event_ids]

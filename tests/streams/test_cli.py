@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -12,7 +11,8 @@ import uuid
 import nats
 
 from streams import subjects, topology
-from tests.services import NatsServer, free_port
+from tests.services import NatsServer, refusing_port
+from tests.web.helpers import wait_for
 
 
 def streams(*args: str, nats_url: str | None) -> subprocess.CompletedProcess[str]:
@@ -63,7 +63,8 @@ def test_missing_nats_url_is_one_clear_line() -> None:
 
 def test_unreachable_nats_is_one_clear_line() -> None:
     """A NATS that does not answer gives a short error, not a traceback."""
-    result = streams("status", nats_url=f"nats://127.0.0.1:{free_port()}")
+    with refusing_port() as port:
+        result = streams("status", nats_url=f"nats://127.0.0.1:{port}")
 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -90,10 +91,11 @@ async def _dead_letter(url: str) -> str:
         [msg] = await psub.fetch(1, timeout=5)
         await nc.publish(msg.reply, b"+TERM Bad Request: can't parse entities")
         await nc.flush()
-        for _ in range(100):  # the advisory lands in TODOS_DLQ
-            if (await js.stream_info(subjects.DLQ_STREAM)).state.messages:
-                break
-            await asyncio.sleep(0.05)
+
+        async def dead_lettered() -> bool:  # the advisory lands in TODOS_DLQ
+            return bool((await js.stream_info(subjects.DLQ_STREAM)).state.messages)
+
+        await wait_for(dead_lettered)
     finally:
         await nc.close()
     return event_id

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import nats
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, DiscardPolicy, RetentionPolicy, StorageType
+from nats.js.api import AckPolicy, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType
 
 from streams import subjects, topology
 from tests.services import NatsServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_bootstrap_twice_changes_nothing_the_second_time(nats_server: NatsServer) -> None:
@@ -85,6 +89,62 @@ async def test_stream_and_consumer_follow_the_contract(nats_server: NatsServer) 
     # sent ids outlive every event the stream can still deliver
     assert topology.SENT_TTL == topology.STREAM_MAX_AGE + 24 * 3600
     assert topology.SENT_TTL > topology.STREAM_MAX_AGE
+
+
+async def test_the_server_holds_the_values_the_readme_promises(nats_server: NatsServer) -> None:
+    """After bootstrap the server holds, as literal values, what the README says and topology.py defines:
+    the consumer's ack wait 5 s, 30 deliveries, explicit acks; todos_sent keeps ids 8 days, TODOS events 7,
+    2 minutes of duplicates; chat state never expires; the dead letters are a limits stream on disk, kept
+    30 days, bounded by age alone. A change to any of them, in the code or in the README alone, fails here."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    try:
+        await topology.bootstrap(js)
+        stream = (await js.stream_info(subjects.STREAM)).config
+        consumer = (await js.consumer_info(subjects.STREAM, subjects.CONSUMER)).config
+        dlq = (await js.stream_info(subjects.DLQ_STREAM)).config
+        sent = await (await js.key_value(subjects.SENT_BUCKET)).status()
+        state = await (await js.key_value(subjects.STATE_BUCKET)).status()
+        sent_stream = (await js.stream_info(topology.kv_stream_name(subjects.SENT_BUCKET))).config
+        state_stream = (await js.stream_info(topology.kv_stream_name(subjects.STATE_BUCKET))).config
+    finally:
+        await nc.close()
+    day = 24 * 3600
+
+    assert (consumer.ack_wait, consumer.max_deliver, consumer.ack_policy) == (5, 30, AckPolicy.EXPLICIT)
+    assert (consumer.deliver_policy, consumer.filter_subject) == (DeliverPolicy.ALL, "todos.*")
+    assert consumer.max_ack_pending == 10_000
+    assert (stream.retention, stream.storage, stream.discard) == (
+        RetentionPolicy.LIMITS,
+        StorageType.FILE,
+        DiscardPolicy.OLD,
+    )
+    assert (stream.max_age, stream.duplicate_window) == (7 * day, 120)
+    assert (stream.max_msgs, stream.max_bytes, stream.max_msgs_per_subject) == (-1, -1, -1)
+    assert (sent.ttl, sent_stream.max_msgs_per_subject) == (8 * day, 1)
+    assert (state.ttl, state_stream.max_msgs_per_subject) == (0, 1)
+    assert (dlq.retention, dlq.storage, dlq.discard) == (RetentionPolicy.LIMITS, StorageType.FILE, DiscardPolicy.OLD)
+    assert dlq.max_age == 30 * day
+    assert (dlq.max_msgs, dlq.max_bytes, dlq.max_msgs_per_subject) == (-1, -1, -1)
+    assert sorted(dlq.subjects or []) == [
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.TODOS.todos_broadcasters",
+        "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.TODOS.todos_broadcasters",
+    ]
+
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    said = {
+        "ack wait": re.findall(r"ack wait (\d+) s\b", readme),
+        "deliveries": re.findall(r"\b(\d+) deliveries", readme),
+        "sent ttl": re.findall(r"it keeps an event (\d+) days, longer than the stream keeps it \((\d+)\)", readme),
+        "duplicate window": re.findall(r"(\d+)-minute duplicate window", readme),
+    }
+    assert said == {
+        "ack wait": [str(int(consumer.ack_wait or 0))] * len(said["ack wait"]),
+        "deliveries": [str(consumer.max_deliver)] * len(said["deliveries"]),
+        "sent ttl": [(str(int(sent.ttl or 0) // day), str(int(stream.max_age or 0) // day))],
+        "duplicate window": [str(int(stream.duplicate_window or 0) // 60)] * len(said["duplicate window"]),
+    }
+    assert all(said.values()), f"the README no longer states some of these: {said}"
 
 
 async def test_every_constant_reaches_the_server(nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:

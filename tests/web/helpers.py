@@ -14,6 +14,7 @@ import nats
 from nats.js.errors import NotFoundError
 
 from streams.subjects import MSG_ID_HEADER, STREAM
+from web.relay import RELAY_LOCK_KEY
 
 T = TypeVar("T")
 
@@ -81,3 +82,41 @@ async def sql(database_url: str, query: str) -> list[asyncpg.Record]:
 
 async def count_rows(database_url: str, table: str) -> int:
     return int((await sql(database_url, f"SELECT count(*) AS n FROM {table}"))[0]["n"])
+
+
+async def relay_lock_holders(database_url: str) -> int:
+    """How many sessions hold the relay's advisory lock: 1 while a relay is in a batch, else 0."""
+    rows = await sql(
+        database_url,
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        f" AND classid = {RELAY_LOCK_KEY >> 32} AND objid = {RELAY_LOCK_KEY & 0xFFFFFFFF} AND objsubid = 1",
+    )
+    return int(rows[0]["n"])
+
+
+async def last_seq(nats_url: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        return int((await nc.jetstream().stream_info(STREAM)).state.last_seq)
+    finally:
+        await nc.close()
+
+
+async def wait_until_settled(nats_url: str, database_url: str, timeout: float = 20.0) -> list[Event]:
+    """The stream's events once the relay has nothing left to do; then no copy can turn up late.
+
+    Settled: the outbox is empty and no relay is in a batch (its advisory lock is free), twice in a
+    row with the stream's last sequence unchanged in between. A row is deleted only after NATS acked
+    it, in the batch's transaction, so once the outbox is empty and no batch runs, nothing is in flight.
+    """
+    previous: list[int | None] = [None]
+
+    async def settled() -> bool:
+        idle = await count_rows(database_url, "outbox") == 0 and await relay_lock_holders(database_url) == 0
+        seq = await last_seq(nats_url) if idle else None
+        stable = seq is not None and seq == previous[0]
+        previous[0] = seq
+        return stable
+
+    await wait_for(settled, timeout=timeout)
+    return await stream_events(nats_url)

@@ -8,6 +8,7 @@ import re
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -65,14 +66,34 @@ async def test_create_with_done_and_untrimmed_task(api: Client) -> None:
 
 
 async def test_list_is_oldest_first(api: Client) -> None:
-    """GET /api/todos lists todos by createdAt, then id."""
+    """GET /api/todos lists todos by createdAt, then id: todos created in one millisecond come by id.
+
+    The order is compared to the answers sorted by that key, not to the order the POSTs were sent in,
+    which two POSTs answered within one millisecond would not follow.
+    """
     created = [await create(api, f"task {i}") for i in range(5)]
+    created += await asyncio.gather(*(create(api, f"together {i}") for i in range(20)))
     response = await api.get("/api/todos")
     assert response.status == 200
     listed = await response.json()
-    assert [todo["id"] for todo in listed] == [todo["id"] for todo in created]
-    keys = [(todo["createdAt"], todo["id"]) for todo in listed]
-    assert keys == sorted(keys)
+    assert listed == sorted(created, key=lambda todo: (todo["createdAt"], todo["id"]))
+
+
+async def test_list_orders_todos_of_one_millisecond_by_id(api: Client, database_url: str) -> None:
+    """Todos sharing a createdAt (stored so, to be sure the tie happens) are listed by id."""
+    ids = [uuid.uuid4() for _ in range(6)]
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.executemany(
+            "INSERT INTO todos (id, task, done, created_at, updated_at)"
+            " VALUES ($1, 'tied', false, '2026-11-28T23:15:54.808Z', '2026-11-28T23:15:54.808Z')",
+            [(todo_id,) for todo_id in ids],
+        )
+    finally:
+        await connection.close()
+    listed = await (await api.get("/api/todos")).json()
+    assert [todo["id"] for todo in listed] == sorted(str(todo_id) for todo_id in ids)
+    assert {todo["createdAt"] for todo in listed} == {"2026-11-28T23:15:54.808Z"}
 
 
 async def test_update_changes_given_fields_and_moves_updated_at(api: Client) -> None:

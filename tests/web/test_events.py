@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,19 +15,20 @@ from aiohttp.test_utils import TestClient
 
 from tests.services import NatsServer
 from tests.web.conftest import ClientFactory
-from tests.web.helpers import count_rows, stream_events, wait_for, wait_for_events
+from tests.web.helpers import count_rows, wait_for, wait_for_events, wait_until_settled
 
 Client = TestClient[Any, Any]
 
 
-async def test_each_change_publishes_one_event_equal_to_the_answer(api: Client, jetstream: NatsServer) -> None:
+async def test_each_change_publishes_one_event_equal_to_the_answer(
+    api: Client, jetstream: NatsServer, database_url: str
+) -> None:
     """POST, PUT, DELETE: exactly one event each, right subject, payload == API answer, a UUID Nats-Msg-Id."""
     created = await (await api.post("/api/todos", json={"task": "a"})).json()
     updated = await (await api.put(f"/api/todos/{created['id']}", json={"done": True})).json()
     deleted = await (await api.delete(f"/api/todos/{created['id']}")).json()
-    events = await wait_for_events(jetstream.url, 3)
-    await asyncio.sleep(0.2)  # nothing more arrives
-    events = await stream_events(jetstream.url)
+    await wait_for_events(jetstream.url, 3)
+    events = await wait_until_settled(jetstream.url, database_url)  # nothing more can arrive
     assert [(e.subject, e.payload) for e in events] == [
         ("todos.created", created),
         ("todos.updated", updated),
@@ -143,7 +145,13 @@ async def test_missing_stream_keeps_events_until_bootstrap(
 
     api = await make_client(database_url, nats_server.url)
     created = await (await api.post("/api/todos", json={"task": "waits"})).json()
-    await asyncio.sleep(0.5)
+
+    async def relay_found_no_stream() -> bool:
+        text = await (await api.get("/metrics")).text()
+        failures = re.search(r'^outbox_publish_failures_total\{reason="NoStreamError"\} (\S+)$', text, re.MULTILINE)
+        return failures is not None and float(failures[1]) >= 1
+
+    await wait_for(relay_found_no_stream)  # the relay tried, and kept the row
     assert await count_rows(database_url, "outbox") == 1
     await bootstrap_streams(nats_server.url)
     events = await wait_for_events(nats_server.url, 1)

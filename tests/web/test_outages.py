@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.services import NatsServer, Postgres, throwaway_postgres
 from tests.web.conftest import ClientFactory, bootstrap_streams
-from tests.web.helpers import stream_events, wait_for, wait_for_events
+from tests.web.helpers import wait_for, wait_for_events, wait_until_settled
 
 Client = TestClient[Any, Any]
 
 
-async def test_nats_outage_loses_nothing_and_keeps_order(api: Client, jetstream: NatsServer) -> None:
+async def test_nats_outage_loses_nothing_and_keeps_order(api: Client, jetstream: NatsServer, database_url: str) -> None:
     """NATS stopped while todos change: every request succeeds, /readyz says 503; after restart the stream holds
     every event once, in order per todo."""
     before = await (await api.post("/api/todos", json={"task": "before"})).json()
@@ -53,9 +53,8 @@ async def test_nats_outage_loses_nothing_and_keeps_order(api: Client, jetstream:
 
     await wait_for(backlog_seen, timeout=5)
     jetstream.start()
-    events = await wait_for_events(jetstream.url, 1 + len(answers), timeout=20)
-    await asyncio.sleep(0.5)  # no duplicate turns up late
-    events = await stream_events(jetstream.url)
+    await wait_for_events(jetstream.url, 1 + len(answers), timeout=20)
+    events = await wait_until_settled(jetstream.url, database_url)  # no duplicate can turn up late
     assert len(events) == 1 + len(answers)
     assert len({event.msg_id for event in events}) == len(events)
     by_todo: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
@@ -82,12 +81,18 @@ def own_postgres() -> Iterator[Postgres]:
 async def test_postgres_outage_is_a_quick_503_then_recovers(
     own_postgres: Postgres, jetstream: NatsServer, make_client: ClientFactory
 ) -> None:
-    """PostgreSQL stopped: requests get a 503 problem document within seconds and /readyz is 503;
-    after restart the API works again with no manual step, and events flow."""
+    """PostgreSQL stopped: requests get a 503 problem document while it is down (not a hang until it is
+    back) and /readyz is 503; after restart the API works again with no manual step, and events flow.
+
+    How quickly the 503 comes is the API's deadline (web.middlewares.DEADLINE, the pool's timeouts),
+    measured by the fault suite's PostgreSQL scenario; here the client's timeout only turns a hang
+    into a failure instead of a stuck test.
+    """
     api = await make_client(own_postgres.create_database("outage"), jetstream.url)
     todo = await (await api.post("/api/todos", json={"task": "before"})).json()
     await asyncio.to_thread(own_postgres.stop)
 
+    hang = aiohttp.ClientTimeout(total=30)
     for method, path, body in [
         ("GET", "/api/todos", None),
         ("POST", "/api/todos", {"task": "during"}),
@@ -95,16 +100,11 @@ async def test_postgres_outage_is_a_quick_503_then_recovers(
         ("GET", f"/api/todos/{todo['id']}", None),
         ("DELETE", f"/api/todos/{todo['id']}", None),
     ]:
-        started = time.monotonic()
-        response = await api.request(method, path, json=body)
-        elapsed = time.monotonic() - started
+        response = await api.request(method, path, json=body, timeout=hang)
         assert response.status == 503, (method, path, await response.text())
         assert response.content_type == "application/problem+json"
         assert (await response.json())["status"] == 503
-        assert elapsed < 5.0, (method, path, elapsed)
-    started = time.monotonic()
-    assert (await api.get("/readyz")).status == 503
-    assert time.monotonic() - started < 5.0
+    assert (await api.get("/readyz", timeout=hang)).status == 503
 
     await asyncio.to_thread(own_postgres.start)
 
@@ -126,7 +126,8 @@ async def test_api_starts_and_serves_before_nats_is_up(
     tmp_path: Path, database_url: str, make_client: ClientFactory
 ) -> None:
     """NATS not running when the API starts: it serves at once (/readyz 503), and events flow once NATS is up."""
-    late = NatsServer(tmp_path / "late-nats")
+    late = NatsServer(tmp_path / "late-nats").start()
+    late.stop()  # down, on a port of its own that it gets back when started again
     try:
         api = await make_client(database_url, late.url)
         todo = await (await api.post("/api/todos", json={"task": "early"})).json()

@@ -10,43 +10,35 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil  # type: ignore[import-untyped]
 import pytest
 
-from tests.services import NatsServer, free_port, wait_for_port
-from tests.web.helpers import wait_for_events
+from tests.processes import Proc, start_web
+from tests.services import NatsServer, free_port, refusing_port
+from tests.web.helpers import wait_for, wait_for_events
 
 ROOT = Path(__file__).resolve().parents[2]
-Starter = Callable[..., subprocess.Popen[bytes]]
+Starter = Callable[[str, str], Awaitable[Proc]]
 
 
 @pytest.fixture
-def start_web(tmp_path: Path) -> Any:
-    """Start `python -m web` with the given environment; killed after the test if still running."""
-    processes: list[subprocess.Popen[bytes]] = []
+async def start(tmp_path: Path) -> AsyncIterator[Starter]:
+    """Start `python -m web` on a database and NATS and wait until ready; killed after the test if still running."""
+    processes: list[Proc] = []
 
-    def start(**env: str) -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        environment = {k: v for k, v in os.environ.items() if k not in {"NATS_URL", "DATABASE_URL"}}
-        environment |= {"HOST": "127.0.0.1", "PORT": str(port), "LOG_FORMAT": "json", **env}
-        log = (tmp_path / f"web-{port}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "web"], cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        processes.append(process)
-        wait_for_port(port, timeout=30)
-        return process, f"http://127.0.0.1:{port}"
+    async def start(database_url: str, nats_url: str) -> Proc:
+        proc = start_web(database_url=database_url, nats_url=nats_url, log_dir=tmp_path, name=f"web-{len(processes)}")
+        processes.append(proc)
+        return await proc.ready()
 
     yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    for proc in processes:
+        proc.kill()
 
 
 @pytest.fixture
@@ -56,11 +48,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def test_sqlite_default_serves_and_publishes(
-    start_web: Any, tmp_path: Path, jetstream: NatsServer, http: aiohttp.ClientSession
+    start: Starter, tmp_path: Path, jetstream: NatsServer, http: aiohttp.ClientSession
 ) -> None:
     """With a SQLite URL (in a directory that does not exist yet) the API migrates, serves POST/GET and publishes."""
     database = tmp_path / "not" / "yet" / "todos.sqlite3"
-    _, base = start_web(DATABASE_URL=f"sqlite://{database}", NATS_URL=jetstream.url)
+    base = (await start(f"sqlite://{database}", jetstream.url)).url
     async with http.post(f"{base}/api/todos", json={"task": "on sqlite"}) as response:
         assert response.status == 201
         created = await response.json()
@@ -99,7 +91,8 @@ def test_bad_setting_stops_with_one_line(tmp_path: Path) -> None:
 
 def test_unreachable_database_at_start_is_one_line_without_the_password() -> None:
     """A PostgreSQL that does not answer at start: one line naming it, password hidden, no traceback."""
-    result = run_web(DATABASE_URL=f"postgres://todo:s3cret@127.0.0.1:{free_port()}/todos", PORT=str(free_port()))
+    with refusing_port() as database_port:
+        result = run_web(DATABASE_URL=f"postgres://todo:s3cret@127.0.0.1:{database_port}/todos", PORT=str(free_port()))
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -118,30 +111,58 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [f"web: cannot listen on 127.0.0.1:{port}: address already in use"]
 
 
+def _listening(pid: int) -> bool:
+    try:
+        return any(c.status == psutil.CONN_LISTEN for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def test_sigterm_finishes_in_flight_requests_and_exits_0(
-    start_web: Any, tmp_path: Path, jetstream: NatsServer, http: aiohttp.ClientSession
+    start: Starter, tmp_path: Path, jetstream: NatsServer, http: aiohttp.ClientSession
 ) -> None:
     """SIGTERM while requests are in flight: they complete, their events reach the stream, the exit code is 0."""
     database = tmp_path / "todos.sqlite3"
-    process, base = start_web(DATABASE_URL=f"sqlite://{database}", NATS_URL=jetstream.url)
+    web = await start(f"sqlite://{database}", jetstream.url)
+    assert web.pid is not None
     # hold SQLite's write lock so the POSTs below stay in flight (waiting for it) when SIGTERM arrives
     blocker = sqlite3.connect(database, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
 
-    async def post(i: int) -> tuple[int, dict[str, Any]]:
-        async with http.post(f"{base}/api/todos", json={"task": f"in flight {i}"}) as response:
-            return response.status, await response.json()
+    sent = asyncio.Semaphore(0)
 
-    requests = [asyncio.create_task(post(i)) for i in range(5)]
-    await asyncio.sleep(0.5)  # the requests reach their handlers, which wait for the lock
-    assert not any(request.done() for request in requests)
-    process.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.5)
-    assert process.poll() is None, "exited before its in-flight requests finished"
-    blocker.rollback()
-    blocker.close()
-    answers = await asyncio.gather(*requests)
+    async def on_sent(*_: object) -> None:
+        sent.release()
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_chunk_sent.append(on_sent)
+    async with aiohttp.ClientSession(trace_configs=[tracing]) as posting:
+
+        async def post(i: int) -> tuple[int, dict[str, Any]]:
+            async with posting.post(f"{web.url}/api/todos", json={"task": f"in flight {i}"}) as response:
+                return response.status, await response.json()
+
+        requests = [asyncio.create_task(post(i)) for i in range(5)]
+        for _ in requests:
+            await asyncio.wait_for(sent.acquire(), timeout=10)  # each request is out, body included
+        # a barrier: the server reads and dispatches requests in arrival order, so once this later request is
+        # answered, the five POSTs are in their handlers, waiting for the lock
+        async with http.get(f"{web.url}/healthz") as response:
+            assert response.status == 200
+        assert not any(request.done() for request in requests)
+
+        web.signal(signal.SIGTERM)
+
+        async def stopped_listening() -> bool:
+            return not _listening(web.pid or 0)
+
+        await wait_for(stopped_listening)  # the SIGTERM is being handled: no new connections
+        assert web.alive, "exited before its in-flight requests finished"
+        blocker.rollback()
+        blocker.close()
+        answers = await asyncio.gather(*requests)
     assert [status for status, _ in answers] == [201] * 5
-    assert await asyncio.to_thread(process.wait, 30) == 0
+    assert web.process is not None
+    assert await asyncio.to_thread(web.process.wait, 30) == 0
     events = await wait_for_events(jetstream.url, 5)
     assert sorted(json.dumps(e.payload) for e in events) == sorted(json.dumps(todo) for _, todo in answers)
