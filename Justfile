@@ -48,6 +48,10 @@ fmt:
 test *ARGS: lint
     {{python}} -m pytest -q -p no:cacheprovider {{ARGS}}
 
+# break each promise of the README on purpose and check that its tests fail (tests/README.md)
+mutants *ARGS:
+    {{python}} -m tests.mutants {{ARGS}}
+
 # every fault scenario at 1,000 changes against the real processes; prints the table (bench/results/chaos.json)
 chaos *ARGS:
     {{python}} bench/chaos.py {{ARGS}}

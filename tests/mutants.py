@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "mutants.json"
 TIMEOUT = 600.0
+WEB, NOTIFIER = "tests/web", "tests/notifier"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class Mutant:
     old: str  # exact text, found exactly once
     new: str
     tests: tuple[str, ...]  # pytest node ids that must fail
+    more: tuple[tuple[str, str], ...] = ()  # further (old, new) changes in the same file
+
+    @property
+    def changes(self) -> tuple[tuple[str, str], ...]:
+        return ((self.old, self.new), *self.more)
 
 
 MUTANTS: list[Mutant] = [
@@ -51,7 +57,167 @@ MUTANTS: list[Mutant] = [
         "        await client.execute_query(\n"
         '            "INSERT INTO outbox (event_id, subject, payload, created_at) VALUES ($1, $2, $3, $4)",\n'
         "            [*values[4:], at])\n",
-        ("tests/web/test_atomicity.py::test_a_change_whose_event_cannot_be_written_is_not_committed[postgres]",),
+        (f"{WEB}/test_atomicity.py::test_a_change_whose_event_cannot_be_written_is_not_committed[postgres]",),
+    ),
+    Mutant(
+        "two-relays",
+        "guarantees: database → stream (one relay per database)",
+        "web/relay.py",
+        '"SELECT pg_try_advisory_xact_lock($1) AS locked", [RELAY_LOCK_KEY]',
+        '"SELECT $1::bigint IS NOT NULL AS locked", [RELAY_LOCK_KEY]',
+        (f"{WEB}/test_relay_processes.py::test_two_api_processes_on_one_database_publish_each_event_once",),
+    ),
+    Mutant(
+        "new-msg-id-per-publish",
+        "guarantees: database → stream (retries keep the Nats-Msg-Id)",
+        "web/publisher.py",
+        "headers = {MSG_ID_HEADER: str(event.event_id)}",
+        "headers = {MSG_ID_HEADER: str(__import__('uuid').uuid4())}",
+        (
+            f"{WEB}/test_relay_processes.py::test_relay_killed_between_publish_and_delete_republishes_and_the_stream_keeps_one_copy",
+        ),
+    ),
+    Mutant(
+        "outbox-forgets-unacked",
+        "guarantees: NATS down or refusing (events wait in the outbox)",
+        "web/relay.py",
+        "await OutboxEvent.filter(id__in=[event.id for event in events[:acked]])",
+        "await OutboxEvent.filter(id__in=[event.id for event in events])",
+        (f"{WEB}/test_relay.py::test_a_batch_nats_takes_only_in_part_keeps_the_rest",),
+    ),
+    Mutant(
+        "no-in-progress",
+        "guarantees: stream → Telegram (held with in_progress())",
+        "notifier/jetstream.py",
+        "            await msg.in_progress()\n",
+        "            pass\n",
+        (f"{NOTIFIER}/test_handover.py::test_a_send_slower_than_the_ack_wait_stays_with_its_replica",),
+    ),
+    Mutant(
+        "record-failure-naks",
+        "guarantees: after Telegram's ok (never nak'ed because NATS failed)",
+        "notifier/pipeline.py",
+        "                        break\n                    await self._source.wait_connected(NATS_RETRY)\n",
+        "                        break\n                    await self._enact(batch, Outcome(Decision.RETRY, 'x'))\n"
+        "                    return\n",
+        (f"{NOTIFIER}/test_pipeline.py::test_an_accepted_event_is_never_nakked_when_its_record_fails",),
+    ),
+    Mutant(
+        "lease-never-lapses",
+        "guarantees: replicas (a lapsed lease lets the event go)",
+        "notifier/pipeline.py",
+        "        return held.epoch != self._source.epoch or time.monotonic() - held.renewed > self._lease\n",
+        "        return False\n",
+        (f"{NOTIFIER}/test_pipeline_units.py::test_a_lease_that_lapses_during_the_lookup_is_let_go_not_sent",),
+    ),
+    Mutant(
+        "sent-log-ignored",
+        "guarantees: redelivery (todos_sent checked before every send)",
+        "notifier/pipeline.py",
+        "            if record is Record.SENT:\n",
+        "            if False:\n",
+        (f"{NOTIFIER}/test_delivery.py::test_already_sent_event_is_not_sent_again",),
+    ),
+    Mutant(
+        "no-outage",
+        "guarantees: long faults; policy: the 3rd transient failure in a row",
+        "notifier/policy.py",
+        "OUTAGE_AFTER = 3\n",
+        "OUTAGE_AFTER = 1000\n",
+        (f"{NOTIFIER}/test_pipeline.py::test_a_long_outage_holds_the_events_instead_of_dead_lettering",),
+    ),
+    Mutant(
+        "sending-mark-forgotten",
+        "guarantees: lost answer (a copy after a crash says it may repeat)",
+        "notifier/sent_log.py",
+        "        if value == SENDING:\n            return Record.SENDING\n",
+        "        if value == SENDING:\n            return Record.NOT_SENT\n",
+        (f"{NOTIFIER}/test_delivery.py::test_a_grouped_message_repeated_after_a_crash_says_it_may_repeat",),
+    ),
+    Mutant(
+        "lost-answer-unflagged",
+        "guarantees: lost answer (a timeout's resend says it may repeat)",
+        "notifier/pipeline.py",
+        "        if answer_lost(error):  # if sent again from here",
+        "        if False:  # if sent again from here",
+        (f"{NOTIFIER}/test_failures.py::test_server_errors_and_timeouts_are_retried",),
+    ),
+    Mutant(
+        "retry-after-ignored",
+        "policy: 429 RetryAfter",
+        "notifier/policy.py",
+        "return Outcome(Decision.WAIT, reason, delay=_seconds(error.retry_after))",
+        "return Outcome(Decision.WAIT, reason, delay=0.0)",
+        (f"{NOTIFIER}/test_rate_limits.py::test_a_429_holds_every_replica_until_retry_after",),
+    ),
+    Mutant(
+        "migration-not-followed",
+        "policy: ChatMigrated",
+        "notifier/pipeline.py",
+        "                try:\n"
+        "                    await self._route.migrate(outcome.new_chat_id)\n"
+        "                except",
+        "                try:\n                    pass\n                except",
+        (f"{NOTIFIER}/test_failures.py::test_chat_migration_is_followed_and_shared",),
+    ),
+    Mutant(
+        "forbidden-dead-letters",
+        "policy: Forbidden, kicked, not enough rights ... (held, not dead-lettered)",
+        "notifier/policy.py",
+        "        case Forbidden() | InvalidToken():\n            return Outcome(Decision.PAUSE, reason)\n",
+        "        case Forbidden() | InvalidToken():\n            return Outcome(Decision.DEAD_LETTER, reason)\n",
+        (f"{NOTIFIER}/test_failures.py::test_kicked_bot_pauses_too",),
+    ),
+    Mutant(
+        "group-not-split",
+        "policy: BadRequest for this message (only the poison event dies)",
+        "notifier/policy.py",
+        "        case BadRequest() if events > 1:\n            return Outcome(Decision.SPLIT, reason)\n",
+        "        case BadRequest() if events > 1:\n            return Outcome(Decision.DEAD_LETTER, reason)\n",
+        (f"{NOTIFIER}/test_rate_limits.py::test_poison_event_in_a_group_dies_alone",),
+    ),
+    Mutant(
+        "transient-acked",
+        "policy: 5xx, network error, TimedOut (nak'ed, retried)",
+        "notifier/pipeline.py",
+        "                    await self._source.nak(held.msg, outcome.delay)\n",
+        "                    await self._source.ack(held.msg)\n",
+        (f"{NOTIFIER}/test_failures.py::test_server_errors_and_timeouts_are_retried",),
+    ),
+    Mutant(
+        "last-delivery-let-go",
+        "policy: a transient failure at the last delivery (dead-lettered with the reason)",
+        "notifier/policy.py",
+        "            if max_deliver > 0 and deliveries >= max_deliver:\n",
+        "            if False:\n",
+        (f"{NOTIFIER}/test_pipeline.py::test_last_delivery_is_terminated_with_the_reason",),
+    ),
+    Mutant(
+        "sigterm-no-nak",
+        "policy: (SIGTERM) an event still held (released at once)",
+        "notifier/pipeline.py",
+        "                    await self._source.nak(held.msg, 0)\n",
+        "                    pass\n",
+        (f"{NOTIFIER}/test_handover.py::test_sigterm_hands_a_paced_backlog_to_a_running_replica_at_once",),
+    ),
+    Mutant(
+        "sigterm-keeps-pulling",
+        "policy: (SIGTERM) released events reach another replica, not its own open pull request",
+        "notifier/pipeline.py",
+        # finish() naks while its pull subscription still takes deliveries and a fetch is under way, as before
+        "        for msg in await self._source.stop_fetching():\n"
+        "            await self._admit(msg, self._source.delivered_since)\n"
+        "        with contextlib.suppress(TimeoutError):  # a fetch under way returns (and releases) what it got\n"
+        "            await asyncio.wait_for(self._not_fetching.wait(), FETCH_PATIENCE)\n",
+        "",
+        (f"{NOTIFIER}/test_handover.py::test_sigterm_while_a_pull_request_is_open_hands_everything_over",),
+        more=(
+            (
+                "            for msg in await self._source.stop_fetching():\n"
+                "                await self._admit(msg, self._source.delivered_since)\n",
+                "            pass\n",
+            ),
+        ),
     ),
 ]
 
@@ -70,12 +236,14 @@ def run(mutant: Mutant) -> Result:
     path = REPO / mutant.path
     original = path.read_bytes()
     text = original.decode()
-    found = text.count(mutant.old)
-    if found != 1:
-        raise SystemExit(f"{mutant.name}: the text to change occurs {found} times in {mutant.path}, not once")
+    for old, new in mutant.changes:
+        found = text.count(old)
+        if found != 1:
+            raise SystemExit(f"{mutant.name}: the text to change occurs {found} times in {mutant.path}, not once")
+        text = text.replace(old, new)
     started = time.monotonic()
     try:
-        path.write_text(text.replace(mutant.old, mutant.new))
+        path.write_text(text)
         try:
             done = subprocess.run(
                 [

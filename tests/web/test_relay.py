@@ -11,11 +11,14 @@ import asyncpg
 import nats
 import pytest
 from aiohttp.test_utils import TestClient
+from nats.js.api import DiscardPolicy
 from tortoise.backends.asyncpg.client import TransactionWrapper
 
+from streams.subjects import STREAM
 from tests.services import NatsServer
 from tests.web.conftest import ClientFactory
 from tests.web.helpers import count_rows, wait_for, wait_for_events
+from web.relay import RELAY_LOCK_KEY
 
 Client = TestClient[Any, Any]
 
@@ -129,6 +132,46 @@ async def test_relay_recovers_when_begin_fails_on_a_dropped_connection(
 
 async def _dropped(dropped: list[bool]) -> bool:
     return bool(dropped)
+
+
+async def _outbox_empty(database_url: str) -> bool:
+    return await count_rows(database_url, "outbox") == 0
+
+
+async def test_a_batch_nats_takes_only_in_part_keeps_the_rest(
+    api: Client, jetstream: NatsServer, database_url: str
+) -> None:
+    """The stream refuses messages past a limit (an operator's max_msgs with discard new): of one batch of
+    five, three are acked and two refused. The relay deletes exactly the acked prefix; the other two stay
+    in the outbox and are published, in order, once the stream takes them."""
+    nc = await nats.connect(jetstream.url)
+    guard = await asyncpg.connect(database_url)
+    try:
+        js = nc.jetstream()
+        config = (await js.stream_info(STREAM)).config
+        config.max_msgs, config.discard = 3, DiscardPolicy.NEW
+        await js.update_stream(config)
+        await guard.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK_KEY)  # no relaying: one batch later
+        answers = [await (await api.post("/api/todos", json={"task": f"part {n}"})).json() for n in range(5)]
+        assert await count_rows(database_url, "outbox") == 5
+        await guard.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+
+        async def refused_twice() -> bool:  # the relay met the limit and retried at least once since
+            metrics = await (await api.get("/metrics")).text()
+            failures = [line for line in metrics.splitlines() if line.startswith("outbox_publish_failures_total")]
+            return sum(float(line.split()[-1]) for line in failures) >= 2
+
+        await wait_for(refused_twice)
+        assert await count_rows(database_url, "outbox") == 2
+        assert [event.payload for event in await wait_for_events(jetstream.url, 3)] == answers[:3]
+
+        config.max_msgs = -1
+        await js.update_stream(config)
+        await wait_for(lambda: _outbox_empty(database_url))
+        assert [event.payload for event in await wait_for_events(jetstream.url, 5)] == answers
+    finally:
+        await guard.close()
+        await nc.close()
 
 
 async def _outbox_empty(database_url: str) -> bool:
