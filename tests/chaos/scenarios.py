@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 from nats.js.api import ConsumerInfo, StreamInfo
 from nats.js.errors import KeyNotFoundError
 
@@ -33,6 +34,7 @@ from tests.chaos.audit import Audit, Cause, Evidence, StreamEvent, audit, delive
 from tests.chaos.load import Load
 from tests.chaos.system import System
 from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram, by_method, refused_sends
+from tests.processes import Proc
 from tests.services import Postgres
 
 SETTLE_TIMEOUT = 90.0
@@ -105,7 +107,7 @@ RIGHTS_LOST_FOR = 180.0 / RIGHTS_SCALE
 OUTAGE_SCALE = 30  # 10 minutes of 503s -> 20 s, probing every 1 s, retries capped at 2 s
 OUTAGE_FOR = 600.0 / OUTAGE_SCALE
 FREEZE_FOR = 3 * topology.ACK_WAIT  # a SIGSTOPped replica: its events' ack wait runs out 3 times over
-AWAKE_BEFORE_SETTLING = 3.0
+AWAKE_TIMEOUT = 30.0  # a woken replica settles or lets go what it held within this
 # longer than the notifier's KV write timeout (5 s): the todos_sent record fails and must be retried
 NATS_DOWN_FOR = 8.0
 # a replica that pauses sends only what it had in flight when the first refusal came: a handful, not
@@ -142,9 +144,25 @@ async def _sigstop(system: System, load: Load) -> None:
     frozen = system.notifiers[1]
     system.facts["frozen"] = frozen.name
     await system.freeze(frozen, FREEZE_FOR)
-    # settling would end the run at once (the others sent everything long ago): give the woken replica
-    # time to act on what it still holds, so anything it would send late is seen
-    await asyncio.sleep(AWAKE_BEFORE_SETTLING)
+    # settling would end the run at once (the others sent everything long ago): first the woken replica
+    # must have acted on everything it held (sent and settled it, or let it go), so anything it would
+    # send late is seen
+    deadline = time.monotonic() + AWAKE_TIMEOUT
+    while not await _holds_nothing(frozen):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{frozen.name} still holds events {AWAKE_TIMEOUT}s after it was woken")
+        await asyncio.sleep(0.1)
+
+
+async def _holds_nothing(proc: Proc) -> bool:
+    """Whether a replica's metrics show no event held (each settled, or let go for another replica)."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(proc.url + "/metrics") as response:
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+    held = [line.split()[-1] for line in text.splitlines() if line.startswith("notifier_events_in_flight ")]
+    return len(held) == 1 and float(held[0]) == 0
 
 
 async def _consumer_recreated(system: System, load: Load) -> None:
