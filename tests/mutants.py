@@ -213,8 +213,10 @@ MUTANTS: list[Mutant] = [
         (f"{NOTIFIER}/test_handover.py::test_sigterm_while_a_pull_request_is_open_hands_everything_over",),
         more=(
             (
-                "            for msg in await self._source.stop_fetching():\n"
-                "                await self._admit(msg, self._source.delivered_since)\n",
+                (
+                    "            for msg in await self._source.stop_fetching():\n"
+                    "                await self._admit(msg, self._source.delivered_since)\n"
+                ),
                 "            pass\n",
             ),
         ),
