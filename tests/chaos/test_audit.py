@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tortoise.context import TortoiseContext
+import aiohttp
 
 from notifier.formatting import Event, render_fitting
 from streams import subjects
@@ -22,10 +22,7 @@ from tests.chaos.scenarios import BY_NAME, SCENARIOS, Duplicates, Report, duplic
 from tests.chaos.system import Fault, Sender, read_todos
 from tests.chaos.verdict import duplicate_problems, problems
 from tests.fake_telegram import Sent
-from web import todos
-from web.db import tortoise_config
-from web.migrate import apply_migrations
-from web.schemas import TodoCreate, TodoUpdate
+from tests.processes import start_web
 
 TODO_ID = "6f1c0e6e-9a8e-4c36-9d43-0d9c6f1b2a11"
 
@@ -264,21 +261,25 @@ def test_an_event_after_the_deletion_or_before_the_creation_is_caught() -> None:
 
 
 async def test_rows_read_from_sqlite_are_the_apis_json(tmp_path: Path) -> None:
-    """Written by the API's own code (tortoise, migrations), read back by SQL: equal to what the API answered."""
+    """Written by the API (a process on SQLite, its migrations), read back by SQL: equal to its answers."""
     path = tmp_path / "todos.sqlite3"
-    config = tortoise_config(f"sqlite://{path}")
-    context = TortoiseContext()
-    context.__enter__()
+    proc = start_web(database_url=f"sqlite://{path}", nats_url=None, log_dir=tmp_path)
     try:
-        await context.init(config=config)
-        await apply_migrations(config["apps"], path)
-        kept = await todos.create_todo(TodoCreate(task='x <&> "✓"', done=True), outbox=True)
-        changed = await todos.create_todo(TodoCreate(task="y"), outbox=True)
-        changed = await todos.update_todo(changed.id, TodoUpdate(done=True), outbox=True)
-        gone = await todos.create_todo(TodoCreate(task="z"), outbox=True)
-        await todos.delete_todo(gone.id, outbox=True)
+        await proc.ready()
+        async with aiohttp.ClientSession(base_url=proc.url) as session:
+
+            async def call(method: str, url: str, **body: Any) -> dict[str, Any]:
+                async with session.request(method, url, json=body or None) as response:
+                    assert response.status in (200, 201), await response.text()
+                    answer: dict[str, Any] = await response.json()
+                    return answer
+
+            kept = await call("POST", "/api/todos", task='x <&> "✓"', done=True)
+            changed = await call("POST", "/api/todos", task="y")
+            changed = await call("PUT", f"/api/todos/{changed['id']}", done=True)
+            gone = await call("POST", "/api/todos", task="z")
+            await call("DELETE", f"/api/todos/{gone['id']}")
     finally:
-        await context.close_connections()
-        context.__exit__(None, None, None)
+        await proc.stop()
     rows = await read_todos(f"sqlite://{path}")
-    assert rows == {str(kept.id): kept.to_json(), str(changed.id): changed.to_json()}
+    assert rows == {kept["id"]: kept, changed["id"]: changed}

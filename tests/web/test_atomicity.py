@@ -3,21 +3,23 @@
 The outbox INSERT is made to fail with a database trigger (the way a full disk, a constraint or a
 lost connection would fail it mid-transaction); the change it belongs to must then be absent from
 the database, the API must say it failed, and nothing may reach the stream. Both storage paths are
-covered: PostgreSQL (a POST is one statement, a PUT or DELETE a transaction) and SQLite.
+covered: PostgreSQL (a POST is one statement, a PUT or DELETE a transaction) and SQLite. The API runs
+as a process (tortoise-orm's models keep the dialect of the first database a process opened).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
 
+from tests.processes import Proc, start_web
 from tests.services import NatsServer
-from tests.web.conftest import ClientFactory
 from tests.web.helpers import wait_for_events
 
 POISON = "poison-outbox"  # an event whose payload holds this text cannot be written to the outbox
@@ -51,11 +53,41 @@ async def _install_trigger(database_url: str) -> None:
         await connection.close()
 
 
-async def _todos(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
+class Api:
+    """The API process, asked over HTTP."""
+
+    def __init__(self, proc: Proc, session: aiohttp.ClientSession) -> None:
+        self.proc, self.session = proc, session
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.session.post(self.proc.url + path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.session.put(self.proc.url + path, **kwargs)
+
+    def delete(self, path: str) -> Any:
+        return self.session.delete(self.proc.url + path)
+
+    def get(self, path: str) -> Any:
+        return self.session.get(self.proc.url + path)
+
+
+async def _todos(client: Api) -> list[dict[str, Any]]:
     response = await client.get("/api/todos")
     assert response.status == 200
     body: list[dict[str, Any]] = await response.json()
     return body
+
+
+@pytest.fixture
+async def api_process(storage: str, jetstream: NatsServer, tmp_path: Path) -> AsyncIterator[Api]:
+    proc = start_web(database_url=storage, nats_url=jetstream.url, log_dir=tmp_path)
+    try:
+        await proc.ready()
+        async with aiohttp.ClientSession() as session:
+            yield Api(proc, session)
+    finally:
+        await proc.stop()
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -67,9 +99,9 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 async def test_a_change_whose_event_cannot_be_written_is_not_committed(
-    storage: str, jetstream: NatsServer, make_client: ClientFactory
+    storage: str, jetstream: NatsServer, api_process: Api
 ) -> None:
-    client = await make_client(storage, jetstream.url)
+    client = api_process
     kept = await client.post("/api/todos", json={"task": "kept"})
     assert kept.status == 201
     todo = await kept.json()
@@ -100,9 +132,9 @@ async def test_a_change_whose_event_cannot_be_written_is_not_committed(
 
 
 async def test_a_delete_whose_event_cannot_be_written_keeps_the_todo(
-    storage: str, jetstream: NatsServer, make_client: ClientFactory
+    storage: str, jetstream: NatsServer, api_process: Api
 ) -> None:
-    client = await make_client(storage, jetstream.url)
+    client = api_process
     created = await client.post("/api/todos", json={"task": f"{POISON} written before the trigger"})
     assert created.status == 201
     todo = await created.json()
