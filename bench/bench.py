@@ -2,8 +2,8 @@
 
 1. POST /api/todos at 32 concurrent clients (PostgreSQL, relay on) next to the same INSERTs (todo row +
    outbox row, one transaction) done by asyncpg alone at the same concurrency;
-2. end-to-end latency from the POST's answer to the fake Telegram receiving the message, at 100 changes/s
-   (load client and fake in this process: one monotonic clock);
+2. end-to-end latency from the POST's answer to the fake Telegram receiving the message, at 100 changes/s,
+   with 1, 2 and 3 notifier replicas (load client and fake in this process: one monotonic clock);
 3. notifier throughput for 1, 2 and 3 replicas: N events published straight to JetStream, time from the
    first publish to the last message received by a fake that answers at once;
 4. peak RSS of the API and of one notifier during that load.
@@ -257,7 +257,7 @@ class Results:
     machine: dict[str, Any]
     post: dict[str, Any] = field(default_factory=dict)
     sql: dict[str, Any] = field(default_factory=dict)
-    e2e: dict[str, Any] = field(default_factory=dict)
+    e2e: list[dict[str, Any]] = field(default_factory=list)  # one per number of notifier replicas
     notifiers: list[dict[str, Any]] = field(default_factory=list)
     rss_mb: dict[str, float] = field(default_factory=dict)
 
@@ -302,19 +302,24 @@ async def run(config: Config) -> Results:
                     print("the same INSERTs with asyncpg alone ...", flush=True)
                     results.sql = await bench_sql(database_url, config.post_seconds)
                     await js.purge_stream(subjects.STREAM)
-                    print(f"end to end at {config.e2e_rate:.0f} changes/s ...", flush=True)
-                    notifier = start_notifier(
-                        nats_url=nats_server.url,
-                        telegram_base_url=fake.base_url,
-                        token=fake.token,
-                        chat_id=CHAT_ID,
-                        log_dir=work,
-                        name="notifier-e2e",
-                        env={**UNPACED, "LOG_LEVEL": "warning"},
-                    )
-                    await notifier.ready()
-                    results.e2e = await bench_e2e(web, fake, nc, config.e2e_rate, config.e2e_seconds)
-                    await notifier.stop()
+                    for replicas in config.replicas:
+                        print(f"end to end at {config.e2e_rate:.0f} changes/s, {replicas} notifier(s) ...", flush=True)
+                        notifiers = [
+                            start_notifier(
+                                nats_url=nats_server.url,
+                                telegram_base_url=fake.base_url,
+                                token=fake.token,
+                                chat_id=CHAT_ID,
+                                log_dir=work,
+                                name=f"notifier-e2e-{replicas}-{n}",
+                                env={**UNPACED, "LOG_LEVEL": "warning"},
+                            )
+                            for n in range(replicas)
+                        ]
+                        await ready_all(notifiers)
+                        e2e = await bench_e2e(web, fake, nc, config.e2e_rate, config.e2e_seconds)
+                        results.e2e.append({"replicas": replicas, **e2e})
+                        await stop_all(notifiers)
                 results.rss_mb["api"] = api_rss.peak_mb("api")
                 await web.stop()
                 peak = 0
@@ -331,7 +336,7 @@ async def run(config: Config) -> Results:
 
 
 def table(results: Results) -> str:
-    post, sql, e2e = results.post, results.sql, results.e2e
+    post, sql = results.post, results.sql
     rows = [
         (
             "POST /api/todos, 32 clients (PostgreSQL, relay on)",
@@ -342,18 +347,30 @@ def table(results: Results) -> str:
             f"{sql['per_s']:.0f} tx/s, p50 {sql['p50_ms']:.1f} ms, p99 {sql['p99_ms']:.1f} ms",
         ),
         ("API rate / SQL-only rate", f"{post['per_s'] / sql['per_s']:.0%}"),
-        (
-            f"end to end, POST answer -> Telegram, at {e2e['rate']:.0f} changes/s",
-            f"p50 {e2e['p50_ms']:.1f} ms, p99 {e2e['p99_ms']:.1f} ms ({e2e['delivered']}/{e2e['changes']} delivered)",
-        ),
-        (
-            "  of which: answer -> event on NATS (outbox relay)",
-            f"p50 {e2e['answer_to_nats']['p50_ms']:.1f} ms, p99 {e2e['answer_to_nats']['p99_ms']:.1f} ms",
-        ),
-        (
-            "  of which: event on NATS -> Telegram (notifier)",
-            f"p50 {e2e['nats_to_telegram']['p50_ms']:.1f} ms, p99 {e2e['nats_to_telegram']['p99_ms']:.1f} ms",
-        ),
+        *[
+            row
+            for e2e in results.e2e
+            for row in (
+                (
+                    (
+                        f"end to end, POST answer -> Telegram, at {e2e['rate']:.0f} changes/s, "
+                        f"{e2e['replicas']} notifier replica(s)"
+                    ),
+                    (
+                        f"p50 {e2e['p50_ms']:.1f} ms, p99 {e2e['p99_ms']:.1f} ms "
+                        f"({e2e['delivered']}/{e2e['changes']} delivered)"
+                    ),
+                ),
+                (
+                    "  of which: answer -> event on NATS (outbox relay)",
+                    f"p50 {e2e['answer_to_nats']['p50_ms']:.1f} ms, p99 {e2e['answer_to_nats']['p99_ms']:.1f} ms",
+                ),
+                (
+                    "  of which: event on NATS -> Telegram (notifier)",
+                    f"p50 {e2e['nats_to_telegram']['p50_ms']:.1f} ms, p99 {e2e['nats_to_telegram']['p99_ms']:.1f} ms",
+                ),
+            )
+        ],
         *[
             (
                 f"notifier throughput, {n['replicas']} replica(s), fake answering at once",
@@ -382,9 +399,9 @@ def chart(results: Results, path: Path) -> None:
     figure, (writes, latency, notify, memory) = plt.subplots(1, 4, figsize=(16, 4))
     writes.bar(["API POST", "SQL only"], [results.post["per_s"], results.sql["per_s"]], color=["C0", "C7"])
     writes.set_title("writes/s at 32 clients")
-    labels = ["POST p50", "POST p99", "e2e p50", "e2e p99"]
-    values = [results.post["p50_ms"], results.post["p99_ms"], results.e2e["p50_ms"], results.e2e["p99_ms"]]
-    latency.bar(labels, values, color=["C0", "C0", "C2", "C2"])
+    labels = ["POST p50", "POST p99", *[f"e2e p99 x{e2e['replicas']}" for e2e in results.e2e]]
+    values = [results.post["p50_ms"], results.post["p99_ms"], *[e2e["p99_ms"] for e2e in results.e2e]]
+    latency.bar(labels, values, color=["C0", "C0", *["C2"] * len(results.e2e)])
     latency.set_title("latency (ms)")
     notify.bar([str(n["replicas"]) for n in results.notifiers], [n["per_s"] for n in results.notifiers], color="C1")
     notify.set_title("notifier events/s by replicas")
