@@ -160,7 +160,7 @@ class JetStreamSource:
         each of 3 replicas, 50 ms each: the tail grew with every replica added).
         """
         msgs = await self._available(psub, batch)
-        if msgs:
+        if msgs or self._psub is not psub:  # stop_fetching() meanwhile: no new request, its answer would be lost
             return msgs
         return await psub.fetch(1, timeout=FETCH_TIMEOUT)  # a request for one message ends with it
 
@@ -174,7 +174,7 @@ class JetStreamSource:
             sub._pending_size -= len(msg.data)  # noqa: SLF001
             if not JetStreamContext.is_status_msg(msg):  # the end of an earlier request
                 msgs.append(msg)
-        if len(msgs) == batch:
+        if len(msgs) == batch or self._psub is not psub:
             return msgs
         request = json.dumps({"batch": batch - len(msgs), "no_wait": True}).encode()
         await self._nc.publish(psub._nms, request, psub._deliver)  # noqa: SLF001
