@@ -6,7 +6,7 @@ applies a small change to the code that breaks the promise (a *mutant*), runs th
 expects them to fail; then it puts the code back, whatever happens. A mutant that survives (its
 tests still pass) means the row is not really tested.
 
-    python -m tests.mutants            # every mutant (about 10 minutes on 2 cores)
+    python -m tests.mutants            # every mutant (about 5 minutes on 2 cores)
     python -m tests.mutants --list     # what would be run
     python -m tests.mutants NAME ...   # some of them
 
