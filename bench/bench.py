@@ -238,12 +238,8 @@ async def bench_e2e(web: Proc, fake: FakeTelegram, nc: Any, rate: float, seconds
     }
 
 
-async def bench_notifiers(
-    js: Any, fake: FakeTelegram, nats_url: str, *, replicas: int, events: int, work: Path
-) -> tuple[dict[str, Any], int]:
-    """Start `replicas` notifiers, publish `events` to JetStream, time until the fake got them all."""
-    await js.purge_stream(subjects.STREAM)
-    fake.sent.clear()
+async def start_notifiers(nats_url: str, fake: FakeTelegram, work: Path, replicas: int, name: str) -> list[Proc]:
+    """`replicas` unpaced notifiers sending to the fake, ready."""
     procs = [
         start_notifier(
             nats_url=nats_url,
@@ -251,12 +247,22 @@ async def bench_notifiers(
             token=fake.token,
             chat_id=CHAT_ID,
             log_dir=work,
-            name=f"notifier-{replicas}-{i}",
+            name=f"{name}-{replicas}-{n}",
             env={**UNPACED, "LOG_LEVEL": "warning"},
         )
-        for i in range(replicas)
+        for n in range(replicas)
     ]
     await ready_all(procs)
+    return procs
+
+
+async def bench_notifiers(
+    js: Any, fake: FakeTelegram, nats_url: str, *, replicas: int, events: int, work: Path
+) -> tuple[dict[str, Any], int]:
+    """Start `replicas` notifiers, publish `events` to JetStream, time until the fake got them all."""
+    await js.purge_stream(subjects.STREAM)
+    fake.sent.clear()
+    procs = await start_notifiers(nats_url, fake, work, replicas, "notifier")
     with RssSampler({proc.name: proc for proc in procs}) as rss:
         now = format_timestamp(datetime.now(UTC))
         started = time.monotonic()
@@ -353,19 +359,7 @@ async def run(config: Config) -> Results:
                     await js.purge_stream(subjects.STREAM)
                     for replicas in config.replicas:
                         print(f"end to end at {config.e2e_rate:.0f} changes/s, {replicas} notifier(s) ...", flush=True)
-                        notifiers = [
-                            start_notifier(
-                                nats_url=nats_server.url,
-                                telegram_base_url=fake.base_url,
-                                token=fake.token,
-                                chat_id=CHAT_ID,
-                                log_dir=work,
-                                name=f"notifier-e2e-{replicas}-{n}",
-                                env={**UNPACED, "LOG_LEVEL": "warning"},
-                            )
-                            for n in range(replicas)
-                        ]
-                        await ready_all(notifiers)
+                        notifiers = await start_notifiers(nats_server.url, fake, work, replicas, "notifier-e2e")
                         e2e = await bench_e2e(web, fake, nc, config.e2e_rate, config.e2e_seconds)
                         results.e2e.append({"replicas": replicas, **e2e})
                         await stop_all(notifiers)

@@ -118,13 +118,7 @@ class JetStreamSource:
         with contextlib.suppress(Exception):
             await psub.unsubscribe()
             await self._nc.flush(timeout=FLUSH_TIMEOUT)
-        queue = psub._sub._pending_queue  # noqa: SLF001 (nats-py keeps it private)
-        left = []
-        while not queue.empty():
-            msg = queue.get_nowait()
-            if not JetStreamContext.is_status_msg(msg):  # a 404/408 ends a pull request: no event
-                left.append(msg)
-        return left
+        return _take_delivered(psub)
 
     async def fetch(self, batch: int) -> list[Msg]:
         if self._psub is None and not await self._bind():
@@ -168,12 +162,7 @@ class JetStreamSource:
         """Deliveries left by an earlier request, then a no_wait request: the server answers at once with
         what it has and a 404 (or nothing more once the batch is full)."""
         sub = psub._sub  # noqa: SLF001 (nats-py keeps the subscription and the request subjects private)
-        msgs: list[Msg] = []
-        while not sub._pending_queue.empty() and len(msgs) < batch:  # noqa: SLF001
-            msg = sub._pending_queue.get_nowait()  # noqa: SLF001
-            sub._pending_size -= len(msg.data)  # noqa: SLF001
-            if not JetStreamContext.is_status_msg(msg):  # the end of an earlier request
-                msgs.append(msg)
+        msgs = _take_delivered(psub, batch)
         if len(msgs) == batch or self._psub is not psub:
             return msgs
         request = json.dumps({"batch": batch - len(msgs), "no_wait": True}).encode()
@@ -210,3 +199,16 @@ class JetStreamSource:
     async def in_progress(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):
             await msg.in_progress()
+
+
+def _take_delivered(psub: JetStreamContext.PullSubscription, limit: int | None = None) -> list[Msg]:
+    """Messages already delivered to the subscription and not yet taken (up to `limit`); the status
+    messages that end a pull request (404, 408) are dropped."""
+    sub = psub._sub  # noqa: SLF001 (nats-py keeps its queue private)
+    msgs: list[Msg] = []
+    while not sub._pending_queue.empty() and (limit is None or len(msgs) < limit):  # noqa: SLF001
+        msg = sub._pending_queue.get_nowait()  # noqa: SLF001
+        sub._pending_size -= len(msg.data)  # noqa: SLF001
+        if not JetStreamContext.is_status_msg(msg):
+            msgs.append(msg)
+    return msgs

@@ -282,8 +282,7 @@ class Pipeline:
         self._changed_state()
         # first no more deliveries to this replica: a nak'ed event would otherwise come straight back
         # into its own open pull request, and wait there for the ack wait once the replica is gone
-        for msg in await self._source.stop_fetching():
-            await self._admit(msg, self._source.delivered_since)
+        await self._stop_fetching()
         with contextlib.suppress(TimeoutError):  # a fetch under way returns (and releases) what it got
             await asyncio.wait_for(self._not_fetching.wait(), FETCH_PATIENCE)
         await self._release(self._take_queue())
@@ -296,13 +295,17 @@ class Pipeline:
     async def release_held(self) -> None:
         """After the loops ended (stopped or failed): give back everything still held."""
         with contextlib.suppress(Exception):  # failed: no more deliveries either (see finish)
-            for msg in await self._source.stop_fetching():
-                await self._admit(msg, self._source.delivered_since)
+            await self._stop_fetching()
         leftover = list(self._held.values())
         self._queue.clear()
         await self._release(leftover)
         if leftover:
             log.info("pipeline.released", events=len(leftover))
+
+    async def _stop_fetching(self) -> None:
+        """No more deliveries to this replica; what had already arrived is held (and released with the rest)."""
+        for msg in await self._source.stop_fetching():
+            await self._admit(msg, self._source.delivered_since)
 
     # --- fetching --------------------------------------------------------------------------------
 

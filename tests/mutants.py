@@ -205,21 +205,12 @@ MUTANTS: list[Mutant] = [
         "policy: (SIGTERM) released events reach another replica, not its own open pull request",
         "notifier/pipeline.py",
         # finish() naks while its pull subscription still takes deliveries and a fetch is under way, as before
-        "        for msg in await self._source.stop_fetching():\n"
-        "            await self._admit(msg, self._source.delivered_since)\n"
+        "        await self._stop_fetching()\n"
         "        with contextlib.suppress(TimeoutError):  # a fetch under way returns (and releases) what it got\n"
         "            await asyncio.wait_for(self._not_fetching.wait(), FETCH_PATIENCE)\n",
         "",
         (f"{NOTIFIER}/test_handover.py::test_sigterm_while_a_pull_request_is_open_hands_everything_over",),
-        more=(
-            (
-                (
-                    "            for msg in await self._source.stop_fetching():\n"
-                    "                await self._admit(msg, self._source.delivered_since)\n"
-                ),
-                "            pass\n",
-            ),
-        ),
+        more=(("            await self._stop_fetching()\n        leftover", "            pass\n        leftover"),),
     ),
 ]
 

@@ -47,6 +47,20 @@ async def received(replica):
     return await replica.metric("notifier_events_received_total")
 
 
+async def sigterm_hands_over(js, fake, paced, successor, expected, *, held, ack_wait):
+    """SIGTERM the paced replica holding `held` events: the successor sends every one of them within a third of
+    the ack wait (only a nak explains that), the paced one exits 0, and each released event was delivered
+    exactly once more, to the successor (none expired)."""
+    paced.signal(signal.SIGTERM)
+    total = len(expected)
+    await wait_until(lambda: len(copies(fake.sent)) >= total, ack_wait / 3, "the released events at the successor")
+    assert await paced.wait_exit() == 0
+    info = await drained(js, successor)
+    assert sorted(todo_id for todo_id, _ in copies(fake.sent)) == expected
+    assert await received(successor) == held
+    assert info.delivered.consumer_seq == total + held
+
+
 async def test_a_send_slower_than_the_ack_wait_stays_with_its_replica(fake, js, replicas):
     """Telegram answers after two ack waits (the client waits longer): in_progress() keeps the event held,
     so JetStream gives it to neither replica again: one delivery, one sendMessage, one message."""
@@ -83,13 +97,7 @@ async def test_sigterm_hands_a_paced_backlog_to_a_running_replica_at_once(fake, 
     assert (info.num_pending, info.num_ack_pending) == (0, 14)  # the rest wait for the group's window...
     assert await paced.metric("notifier_events_in_flight") == 14  # ...held by the paced replica
     assert await received(successor) == 0
-    paced.signal(signal.SIGTERM)
-    await wait_until(lambda: len(copies(fake.sent)) >= 16, ack_wait / 3, "the released events at the successor")
-    assert await paced.wait_exit() == 0
-    info = await drained(js, successor)
-    assert sorted(todo_id for todo_id, _ in copies(fake.sent)) == expected
-    assert await received(successor) == 14
-    assert info.delivered.consumer_seq == 16 + 14  # each released event delivered once more, none expired
+    await sigterm_hands_over(js, fake, paced, successor, expected, held=14, ack_wait=ack_wait)
 
 
 async def test_sigterm_while_a_pull_request_is_open_hands_everything_over(fake, js, replicas):
@@ -105,13 +113,7 @@ async def test_sigterm_while_a_pull_request_is_open_hands_everything_over(fake, 
     successor = replicas(fake)  # unpaced
     await successor.wait_ready()
     assert await paced.metric("notifier_events_in_flight") == 28
-    paced.signal(signal.SIGTERM)
-    await wait_until(lambda: len(copies(fake.sent)) >= 30, ack_wait / 3, "the released events at the successor")
-    assert await paced.wait_exit() == 0
-    info = await drained(js, successor)
-    assert sorted(todo_id for todo_id, _ in copies(fake.sent)) == expected
-    assert await received(successor) == 28
-    assert info.delivered.consumer_seq == 30 + 28  # each released event delivered once more, to the successor
+    await sigterm_hands_over(js, fake, paced, successor, expected, held=28, ack_wait=ack_wait)
 
 
 async def test_a_nats_restart_under_paced_replicas_sends_nothing_twice(fake, js, nc, nats_server, replicas):
