@@ -18,6 +18,8 @@ import asyncio
 import json
 import platform
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +28,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +42,7 @@ from streams import subjects, topology  # noqa: E402
 from streams.payload import format_timestamp  # noqa: E402
 from tests.fake_telegram import FakeTelegram  # noqa: E402
 from tests.processes import Proc, RssSampler, ready_all, start_notifier, start_web, stop_all  # noqa: E402
-from tests.services import NatsServer, Postgres  # noqa: E402
+from tests.services import LOCALHOST, NatsServer, Postgres, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CHAT_ID = -1001234567890
@@ -86,6 +88,11 @@ async def _closed_loop(seconds: float, one: Any) -> dict[str, Any]:
 
 
 async def bench_post(web: Proc, seconds: float) -> dict[str, Any]:
+    return await bench_post_url(web.url, seconds)
+
+
+async def bench_post_url(url: str, seconds: float) -> dict[str, Any]:
+    """POST /api/todos on the server at `url` from CONCURRENCY clients: 1 s of warm-up, then `seconds` measured."""
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:
         count = 0
@@ -93,7 +100,7 @@ async def bench_post(web: Proc, seconds: float) -> dict[str, Any]:
         async def post() -> None:
             nonlocal count
             count += 1
-            async with session.post(f"{web.url}/api/todos", json={"task": f"bench {count}"}) as response:
+            async with session.post(f"{url}/api/todos", json={"task": f"bench {count}"}) as response:
                 assert response.status == 201, await response.text()
                 await response.read()
 
@@ -170,6 +177,78 @@ async def bench_pgbench(database_url: str, seconds: float, work: Path) -> dict[s
     if tps is None or latency is None:
         raise RuntimeError(f"pgbench said no rate:\n{output}")
     return {"per_s": float(tps.group(1)), "latency_avg_ms": float(latency.group(1))}
+
+
+NODE_DIR = ROOT / "bench" / "node"
+NODE_READY_TIMEOUT = 30.0
+NODE_STOP_TIMEOUT = 5.0
+
+
+@dataclass
+class NodeProc(Proc):
+    """`node server.js` in bench/node, with Proc's log file, readiness wait (port retry included) and stop."""
+
+    def start(self) -> Self:
+        if self.alive:
+            raise RuntimeError(f"{self.name} is already running")
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node not found on PATH: the Node reference backend needs Node.js 20 or later")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start #{self.starts + 1} of {self.name} ---\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [node, self.module],
+                env=self.environment(),
+                cwd=NODE_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+        return self
+
+
+async def npm_ci() -> None:
+    """Install bench/node's locked dependencies, unless node_modules is there already."""
+    if (NODE_DIR / "node_modules").is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm not found on PATH: the Node reference backend needs Node.js 20 or later")
+    process = await asyncio.create_subprocess_exec(
+        npm, "ci", "--no-audit", "--no-fund",
+        cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output = (await process.communicate())[0].decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"npm ci in {NODE_DIR} failed ({process.returncode}):\n{output}")
+
+
+def start_node(*, database_url: str, nats_url: str, log_dir: Path, name: str = "node") -> NodeProc:
+    """The Node reference backend on 127.0.0.1 and a free port; call `await proc.ready()` next."""
+    port = free_port()
+    settings: dict[str, str | None] = {
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "HOST": LOCALHOST,
+        "PORT": str(port),
+    }
+    proc = NodeProc(name, "server.js", settings, port, log_dir / f"{name}.log", "/healthz", port_variable="PORT")
+    return proc.start()
+
+
+async def bench_node(database_url: str, nats_url: str, work: Path, seconds: float) -> dict[str, Any]:
+    """The reference for the API's POST: the course's Node backend (Express + Sequelize, pool of 10, one core NATS
+    publish per create, table node_todos), one process on the same PostgreSQL and NATS, same load as bench_post."""
+    await npm_ci()
+    node = start_node(database_url=database_url, nats_url=nats_url, log_dir=work)
+    try:
+        await node.ready(NODE_READY_TIMEOUT)
+        return await bench_post_url(node.url, seconds)
+    finally:
+        await node.stop(NODE_STOP_TIMEOUT)
 
 
 async def outbox_drained(database_url: str) -> None:

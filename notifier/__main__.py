@@ -10,6 +10,7 @@ import structlog
 from notifier.replica import NoJetStreamError, run
 from notifier.settings import Settings
 from streams.logs import configure_logging, register_secret
+from streams.runtime import loop_factory
 
 log = structlog.get_logger("notifier")
 
@@ -28,13 +29,8 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     register_secret(settings.token)
     try:
-        import uvloop  # noqa: PLC0415 (optional speed-up: libuv event loop, ~1.5x events/s)
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        code = runner(_main(settings))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            code = runner.run(_main(settings))
     except NoJetStreamError as error:
         raise SystemExit(str(error)) from None
     raise SystemExit(code)

@@ -97,7 +97,8 @@ def configure_logging(level: str = "info", fmt: LogFormat | None = None) -> None
             exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
         )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # a line below the level is dropped before any processor runs (the access log costs nothing then)
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

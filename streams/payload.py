@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
@@ -37,8 +38,13 @@ class Todo(BaseModel):
         """The JSON object of the API answer and the event payload."""
         return self.model_dump(mode="json", by_alias=True)
 
+    @functools.cached_property
+    def _bytes(self) -> bytes:
+        return self.__pydantic_serializer__.to_json(self, by_alias=True)
+
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        """The JSON document (UTF-8), made once per todo (an answer and its event carry the same bytes)."""
+        return self._bytes
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Todo:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from streams.connection import redact_url
 from streams.logs import configure_logging
+from streams.runtime import loop_factory
 from web import db
 from web.app import init_app
 from web.settings import Settings
@@ -32,6 +33,7 @@ def main() -> None:
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             access_log=None,
             print=None,
+            loop=loop_factory()(),
         )
     except Exception as exc:
         # the two ways a start fails on a healthy install: one line for the operator, not a traceback

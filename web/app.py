@@ -12,7 +12,7 @@ from web.broker import Broker
 from web.db import orm_ctx
 from web.keys import BROKER, METRICS, OUTBOX_WAKEUP, SETTINGS
 from web.metrics import Metrics
-from web.middlewares import observe, problems, request_id
+from web.middlewares import edge
 from web.relay import relay_ctx
 from web.settings import Settings
 
@@ -26,7 +26,7 @@ async def nats_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def init_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[request_id, observe, problems])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[edge])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[OUTBOX_WAKEUP] = asyncio.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -14,6 +15,7 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         labels = ("route", "method", "status")
         self.requests = Counter("http_requests", "HTTP requests answered", labels, registry=self.registry)
         self.request_latency = Histogram(
@@ -39,6 +41,15 @@ class Metrics:
             self.published.labels(mode)
         for reason in ("ConnectionError", "TimeoutError", "NoStreamError", "JetStreamUnavailableError"):
             self.publish_failures.labels(reason)
+
+    def http(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency histogram of one (route, method, status), looked up once each."""
+        key = (route, method, status)
+        children = self._http.get(key)
+        if children is None:
+            labels = (route, method, str(status))
+            children = self._http[key] = (self.requests.labels(*labels), self.request_latency.labels(*labels))
+        return children
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
