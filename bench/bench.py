@@ -47,6 +47,8 @@ from tests.services import LOCALHOST, NatsServer, Postgres, free_port  # noqa: E
 RESULTS = ROOT / "bench" / "results"
 CHAT_ID = -1001234567890
 CONCURRENCY = 32
+# a notifier's sends in flight at once, unpaced (NOTIFIER_CONCURRENCY's default)
+NOTIFIER_CONCURRENCY = 64
 # the fake answers at once and enforces no limit: the notifiers must not pace themselves to Telegram's
 UNPACED = {"TELEGRAM_CHAT_RATE": "off", "TELEGRAM_GROUP_RATE": "off"}
 TODO_ID = re.compile(r'&quot;id&quot;: &quot;([0-9a-f-]{36})&quot;|"id": "([0-9a-f-]{36})"')
@@ -333,6 +335,20 @@ async def start_notifiers(nats_url: str, fake: FakeTelegram, work: Path, replica
     ]
     await ready_all(procs)
     return procs
+
+
+async def bench_bare(fake: FakeTelegram, events: int, concurrency: int = NOTIFIER_CONCURRENCY) -> dict[str, Any]:
+    """The notifier's reference: bench/bare.py, a process of its own like a notifier, POSTing the same
+    sendMessage requests to the same fake with bare aiohttp, as many at once as a notifier sends."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "bench" / "bare.py"), fake.base_url, fake.token, str(CHAT_ID), str(events),
+        str(concurrency), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output = (await process.communicate())[0].decode()
+    if process.returncode != 0:
+        raise RuntimeError(f"bench/bare.py failed:\n{output}")
+    fake.sent.clear()
+    return {"events": events, **json.loads(output.strip().splitlines()[-1])}
 
 
 async def bench_notifiers(

@@ -109,6 +109,12 @@ class Held:
     epoch: int  # the NATS connection it was delivered on
     alone: bool = False  # split out of a message Telegram refused: goes in a message of its own
     accepted: bool = False  # Telegram said ok: only its record and ack are left
+    # its record in todos_sent must be read before it is sent: a redelivery, a replayed dead letter, an event
+    # whose first mark found a record, and any event after a send of it was tried. A first delivery is not
+    # read: its first mark is written only where no record exists (notifier.sent_log)
+    look: bool = True
+    # the state of its record is known here (read, or marked by this replica): its next mark is a plain write
+    known: bool = False
 
 
 class Source(Protocol):
@@ -346,6 +352,7 @@ class Pipeline:
             await self._enact([held], decide(error, deliveries, max_deliver=self._source.max_deliver))
             return
         held = Held(msg, event_id, event, deliveries, stored_at, now, self._source.epoch)
+        held.look = deliveries > 1 or subjects.EVENT_ID_HEADER in (msg.headers or {})
         for stale in [queued for queued in self._queue if queued.event_id == event_id]:
             # a new delivery of an event still queued here (its lease lapsed): the new one replaces it
             self._queue.remove(stale)
@@ -474,22 +481,25 @@ class Pipeline:
         """
         if self._sent_log is None:
             return batch
+        looked = [held for held in batch if held.look]
         try:
-            records = await self._sent_log.lookup_all(held.event_id for held in batch)
+            records = await self._sent_log.lookup_all(held.event_id for held in looked)
             if under_way := [n for n, record in enumerate(records) if record is Record.SENDING]:
                 # a send of them began and nobody here knows its answer: its sender may hold Telegram's
                 # ok and be reconnecting to NATS right now, as this replica just did. Give it the time to
                 # record it (leases are kept alive meanwhile), then look again
                 await asyncio.sleep(SENDING_GRACE)
-                again = await self._sent_log.lookup_all(batch[n].event_id for n in under_way)
+                again = await self._sent_log.lookup_all(looked[n].event_id for n in under_way)
                 for n, record in zip(under_way, again, strict=True):
                     records[n] = record
         except Exception as error:
             log.warning("sent_log.unreachable", error=str(error) or type(error).__name__, retry_in=NATS_RETRY)
             self._requeue(batch)
             return None
+        found = {id(held): record for held, record in zip(looked, records, strict=True)}
         kept = []
-        for held, record in zip(batch, records, strict=True):
+        for held in batch:
+            record = found.get(id(held), Record.NOT_SENT)
             if record is Record.SENT:
                 self._in_flight.discard(held.event_id)
                 self._metrics.duplicates.inc()
@@ -498,6 +508,8 @@ class Pipeline:
                 continue
             if record in {Record.MAYBE_SENT, Record.SENDING} and held.event is not None and not held.event.may_repeat:
                 held.event = dataclasses.replace(held.event, may_repeat=True)
+            if held.look:
+                held.look, held.known = False, True
             kept.append(held)
         return kept
 
@@ -509,16 +521,10 @@ class Pipeline:
             batch = batch[:count]
         ids = [held.event_id for held in batch]
         try:
-            if self._sent_log is not None:
-                # no send without its mark: a later delivery finding no record sends without a word
-                if not await self._sent_log.sending(ids, MARK_TIMEOUT):
-                    log.warning("sent_log.mark_failed", events=len(ids), retry_in=NATS_RETRY)
-                    await self._source.wait_connected(NATS_RETRY)
-                    self._requeue(batch)
-                    self._let_go_lapsed()
-                    return
-                if not self._may_leave(chat_id, batch):  # (the mark then tells a later copy "may repeat")
-                    return
+            if not await self._mark(chat_id, batch):
+                return
+            for held in batch:  # whatever this try leaves in todos_sent, a later one reads it first
+                held.look = True
             started = time.monotonic()
             try:
                 await self._sink.send(chat_id, text)
@@ -539,6 +545,29 @@ class Pipeline:
             self._room.set()
             if self._queue:  # a later delivery of one of them may wait for this message
                 self._work.wake()
+
+    async def _mark(self, chat_id: ChatId, batch: list[Held]) -> bool:
+        """Mark the batch `sending` in todos_sent, last look included; False if it must not leave now (it went
+        back to the queue, or was let go)."""
+        if self._sent_log is None:
+            return True
+        # no send without its mark: a later delivery finding no record sends without a word
+        ids = [held.event_id for held in batch]
+        first = [held.event_id for held in batch if not held.known]
+        recorded = await self._sent_log.sending(ids, MARK_TIMEOUT, first=first)
+        if recorded is None:
+            log.warning("sent_log.mark_failed", events=len(ids), retry_in=NATS_RETRY)
+            await self._source.wait_connected(NATS_RETRY)
+            self._requeue(batch)
+            self._let_go_lapsed()
+            return False
+        for held in batch:  # marked here, or found with a record: read it before the next try
+            held.look, held.known = held.event_id in recorded, held.event_id not in recorded
+        if recorded:
+            self._requeue(batch)
+            return False
+        # the last look (a batch put back now is marked: a later copy says "may repeat")
+        return self._may_leave(chat_id, batch)
 
     async def _accepted(self, batch: list[Held]) -> None:
         """Telegram took them: record them in `todos_sent` (retrying until NATS takes it), then ack."""

@@ -72,17 +72,21 @@ class SentLog:
     def __init__(self, record: Record = Record.NOT_SENT, freeze: float = 0.0) -> None:
         self.record, self.freeze = record, freeze
         self.writes: list[tuple[str, str]] = []
+        self.looked_up: list[str] = []
 
     async def lookup_all(self, event_ids: Any) -> list[Record]:
         ids = list(event_ids)
+        self.looked_up += ids
         if self.freeze:
             time.sleep(self.freeze)
             self.freeze = 0.0
         return [self.record for _ in ids]
 
-    async def sending(self, event_ids: Any, patience: float) -> bool:
-        self.writes += [("sending", event_id) for event_id in event_ids]
-        return True
+    async def sending(self, event_ids: Any, patience: float, *, first: Any = ()) -> set[str]:
+        # as todos_sent does: a first delivery's mark is written only where no record exists
+        recorded = {event_id for event_id in first if self.record is not Record.NOT_SENT}
+        self.writes += [("sending", event_id) for event_id in event_ids if event_id not in recorded]
+        return recorded
 
     def lost(self, event_ids: Any) -> None:
         self.writes += [("lost", event_id) for event_id in event_ids]
@@ -196,3 +200,14 @@ def test_an_event_without_nats_msg_id_is_known_by_its_place_and_time_in_the_stre
     assert first.startswith("TODOS.7.")
     assert first != again
     assert event_id_of(delivered(7, 1_700_000_000_000_000_000)) == first  # the same delivery, the same id
+
+
+async def test_a_first_delivery_is_marked_without_a_lookup_and_a_found_record_is_then_read():
+    """A first delivery costs no lookup (its mark is written only where no record exists); when the mark finds
+    a record, the event is looked up before it is sent, as a redelivery is."""
+    source, sink, sent_log = Source("e1"), Sink(), SentLog()
+    await run_for(0.3, source, sink, sent_log)
+    assert (sent_log.looked_up, sent_log.writes, source.calls) == ([], [("sending", "e1"), ("sent", "e1")], ["ack"])
+    source, sink, sent_log = Source("e1"), Sink(), SentLog(Record.SENT)
+    await run_for(0.3, source, sink, sent_log)
+    assert (sent_log.looked_up, sent_log.writes, sink.texts, source.calls) == (["e1"], [], [], ["ack"])
