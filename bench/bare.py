@@ -19,11 +19,11 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
+import aiohttp
 
-from notifier.formatting import Event, render_event  # noqa: E402
-from streams.runtime import loop_factory  # noqa: E402
-from streams.subjects import Change  # noqa: E402
+from notifier.formatting import Event, render_event
+from streams.runtime import loop_factory
+from streams.subjects import Change
 
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 

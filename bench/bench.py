@@ -37,6 +37,7 @@ import aiohttp  # noqa: E402
 import asyncpg  # type: ignore[import-untyped]  # noqa: E402
 import nats  # noqa: E402
 import psutil  # type: ignore[import-untyped]  # noqa: E402
+from flames import profiled  # noqa: E402
 
 from streams import subjects, topology  # noqa: E402
 from streams.payload import format_timestamp  # noqa: E402
@@ -61,6 +62,7 @@ class Config:
     e2e_seconds: float = 6.0
     notifier_events: int = 3000
     replicas: tuple[int, ...] = (1, 2, 3)
+    profile: bool = False  # py-spy flame graphs of the API and of a notifier under load (bench/results/*.svg)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -187,6 +189,10 @@ NODE_STOP_TIMEOUT = 5.0
 
 
 @dataclass
+class NodeMissingError(RuntimeError):
+    """Node.js is not installed: the bench runs without the Node row."""
+
+
 class NodeProc(Proc):
     """`node server.js` in bench/node, with Proc's log file, readiness wait (port retry included) and stop."""
 
@@ -195,7 +201,7 @@ class NodeProc(Proc):
             raise RuntimeError(f"{self.name} is already running")
         node = shutil.which("node")
         if node is None:
-            raise RuntimeError("node not found on PATH: the Node reference backend needs Node.js 20 or later")
+            raise NodeMissingError("node not found on PATH: the Node reference backend needs Node.js 20 or later")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"--- start #{self.starts + 1} of {self.name} ---\n".encode())
@@ -218,7 +224,7 @@ async def npm_ci() -> None:
         return
     npm = shutil.which("npm")
     if npm is None:
-        raise RuntimeError("npm not found on PATH: the Node reference backend needs Node.js 20 or later")
+        raise NodeMissingError("npm not found on PATH: the Node reference backend needs Node.js 20 or later")
     process = await asyncio.create_subprocess_exec(
         npm, "ci", "--no-audit", "--no-fund",
         cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -352,25 +358,20 @@ async def bench_bare(fake: FakeTelegram, events: int, concurrency: int = NOTIFIE
 
 
 async def bench_notifiers(
-    js: Any, fake: FakeTelegram, nats_url: str, *, replicas: int, events: int, work: Path
+    js: Any, fake: FakeTelegram, nats_url: str, *, replicas: int, events: int, work: Path, profile: bool = False
 ) -> tuple[dict[str, Any], int]:
     """Start `replicas` notifiers, publish `events` to JetStream, time until the fake got them all."""
     await js.purge_stream(subjects.STREAM)
     fake.sent.clear()
     procs = await start_notifiers(nats_url, fake, work, replicas, "notifier")
-    with RssSampler({proc.name: proc for proc in procs}) as rss:
+
+    async def deliver() -> tuple[int, float]:
         now = format_timestamp(datetime.now(UTC))
         started = time.monotonic()
         acks = []
         for n in range(events):
-            todo = {
-                "id": str(uuid.uuid4()),
-                "userId": None,
-                "task": f"event {n}",
-                "done": False,
-                "createdAt": now,
-                "updatedAt": now,
-            }
+            todo = {"id": str(uuid.uuid4()), "userId": None, "task": f"event {n}", "done": False,
+                    "createdAt": now, "updatedAt": now}  # fmt: skip
             acks.append(
                 await js.publish_async(
                     subjects.Change.CREATED.subject,
@@ -385,9 +386,18 @@ async def bench_notifiers(
             delivered += sum(message.text.count("<pre><code") for message in fake.sent[seen:])
             seen = len(fake.sent)
             await asyncio.sleep(0.01)
-        elapsed = (fake.sent[-1].at if fake.sent else time.monotonic()) - started
+        return delivered, (fake.sent[-1].at if fake.sent else time.monotonic()) - started
+
+    shares: dict[str, float] | None = None
+    with RssSampler({proc.name: proc for proc in procs}) as rss:
+        if profile and procs[0].pid is not None:
+            # about the time the run takes at ~2,000 events/s
+            async with profiled(procs[0].pid, events / 2000, RESULTS / "profile-notifier.svg") as shares:
+                delivered, elapsed = await deliver()
+        else:
+            delivered, elapsed = await deliver()
     await stop_all(procs)
-    result = {
+    result: dict[str, Any] = {
         "replicas": replicas,
         "events": events,
         "delivered": delivered,
@@ -395,6 +405,8 @@ async def bench_notifiers(
         "seconds": elapsed,
         "per_s": delivered / elapsed,
     }
+    if shares is not None:
+        result["profile"] = shares
     return result, max(rss.peak.values())
 
 
@@ -407,6 +419,9 @@ class Results:
     e2e: list[dict[str, Any]] = field(default_factory=list)  # one per number of notifier replicas
     notifiers: list[dict[str, Any]] = field(default_factory=list)
     rss_mb: dict[str, float] = field(default_factory=dict)
+    node: dict[str, Any] = field(default_factory=dict)  # the course's Node backend, same load as `post`
+    bare: dict[str, Any] = field(default_factory=dict)  # bare aiohttp, the notifier's requests
+    profiles: dict[str, dict[str, float]] = field(default_factory=dict)  # process -> layer -> share of samples
 
 
 def machine() -> dict[str, Any]:
@@ -445,11 +460,22 @@ async def run(config: Config) -> Results:
                 await web.ready()
                 with RssSampler({"api": web}) as api_rss:
                     print("POST /api/todos, 32 clients ...", flush=True)
-                    results.post = await bench_post(web, config.post_seconds)
+                    if config.profile and web.pid is not None:
+                        async with profiled(web.pid, config.post_seconds, RESULTS / "profile-api.svg") as shares:
+                            results.post = await bench_post(web, config.post_seconds)
+                        results.profiles["api"] = shares
+                    else:
+                        results.post = await bench_post(web, config.post_seconds)
                     print("the same INSERTs with asyncpg alone ...", flush=True)
                     results.sql = await bench_sql(database_url, config.post_seconds)
                     print("the same INSERTs with pgbench ...", flush=True)
                     results.pgbench = await bench_pgbench(database_url, config.post_seconds, work)
+                    print("the course's Node backend (Express + Sequelize, core NATS) ...", flush=True)
+                    try:
+                        results.node = await bench_node(database_url, nats_server.url, work, config.post_seconds)
+                    except NodeMissingError as error:
+                        print(f"  skipped: {error}", flush=True)
+                        results.node = {"skipped": str(error)}
                     await outbox_drained(database_url)
                     await js.purge_stream(subjects.STREAM)
                     for replicas in config.replicas:
@@ -460,12 +486,17 @@ async def run(config: Config) -> Results:
                         await stop_all(notifiers)
                 results.rss_mb["api"] = api_rss.peak_mb("api")
                 await web.stop()
+                print("the notifier's reference: bare aiohttp, the same sendMessage requests ...", flush=True)
+                results.bare = await bench_bare(fake, config.notifier_events)
                 peak = 0
                 for replicas in config.replicas:
                     print(f"notifier throughput, {replicas} replica(s) ...", flush=True)
                     result, rss = await bench_notifiers(
-                        js, fake, nats_server.url, replicas=replicas, events=config.notifier_events, work=work
-                    )
+                        js, fake, nats_server.url, replicas=replicas, events=config.notifier_events, work=work,
+                        profile=config.profile and replicas == 1,
+                    )  # fmt: skip
+                    if "profile" in result:
+                        results.profiles["notifier"] = result.pop("profile")
                     results.notifiers.append(result)
                     peak = max(peak, rss)
                 results.rss_mb["notifier"] = peak / 2**20
@@ -489,7 +520,8 @@ def table(results: Results) -> str:
             "same INSERTs, pgbench (C client, prepared statements)",
             f"{results.pgbench['per_s']:.0f} tx/s, latency average {results.pgbench['latency_avg_ms']:.1f} ms",
         ),
-        ("API rate / pgbench rate", f"{post['per_s'] / results.pgbench['per_s']:.0%}"),
+        ("API rate / pgbench rate", f"{post['per_s'] / results.pgbench['per_s']:.2f}"),
+        *_node_rows(results),
         *[
             row
             for e2e in results.e2e
@@ -521,6 +553,14 @@ def table(results: Results) -> str:
             )
             for n in results.notifiers
         ],
+        (
+            "bare aiohttp, the same sendMessage requests to the same fake, 64 at once (the notifier's reference)",
+            f"{results.bare['per_s']:.0f} requests/s",
+        ),
+        (
+            "notifier events/s, 1 replica / bare aiohttp requests/s",
+            f"{results.notifiers[0]['per_s'] / results.bare['per_s']:.2f}" if results.notifiers else "n/a",
+        ),
         ("peak RSS, API (under the POST load)", f"{results.rss_mb['api']:.0f} MB"),
         ("peak RSS, one notifier (under the throughput load)", f"{results.rss_mb['notifier']:.0f} MB"),
     ]
@@ -533,6 +573,28 @@ def table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _node_rows(results: Results) -> list[tuple[str, str]]:
+    node = results.node
+    if "per_s" not in node:
+        return [("the course's Node backend", node.get("skipped", "not measured"))]
+    return [
+        (
+            "the course's Node backend (Express + Sequelize, core NATS publish), same load",
+            f"{node['per_s']:.0f} req/s, p50 {node['p50_ms']:.1f} ms, p99 {node['p99_ms']:.1f} ms",
+        ),
+        ("API rate / Node backend rate", f"{results.post['per_s'] / node['per_s']:.2f}x"),
+    ]
+
+
+def profile_table(results: Results) -> str:
+    """Where each profiled process spends its CPU, by layer (`just bench --profile`)."""
+    lines = []
+    for process, shares in results.profiles.items():
+        lines += [f"\n{process}: share of CPU samples by layer", "| layer | share |", "|---|---|"]
+        lines += [f"| {layer} | {share:.0%} |" for layer, share in shares.items()]
+    return "\n".join(lines)
+
+
 def chart(results: Results, path: Path) -> None:
     import matplotlib as mpl  # noqa: PLC0415
 
@@ -540,14 +602,22 @@ def chart(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     figure, (writes, latency, notify, memory) = plt.subplots(1, 4, figsize=(16, 4))
-    writes.bar(["API POST", "SQL only"], [results.post["per_s"], results.sql["per_s"]], color=["C0", "C7"])
+    names = ["API POST", "asyncpg", "pgbench"]
+    rates = [results.post["per_s"], results.sql["per_s"], results.pgbench["per_s"]]
+    if "per_s" in results.node:
+        names, rates = [*names, "Node"], [*rates, results.node["per_s"]]
+    writes.bar(names, rates, color=["C0", "C7", "C7", "C5"][: len(names)])
     writes.set_title("writes/s at 32 clients")
     labels = ["POST p50", "POST p99", *[f"e2e p99 x{e2e['replicas']}" for e2e in results.e2e]]
     values = [results.post["p50_ms"], results.post["p99_ms"], *[e2e["p99_ms"] for e2e in results.e2e]]
     latency.bar(labels, values, color=["C0", "C0", *["C2"] * len(results.e2e)])
     latency.set_title("latency (ms)")
-    notify.bar([str(n["replicas"]) for n in results.notifiers], [n["per_s"] for n in results.notifiers], color="C1")
-    notify.set_title("notifier events/s by replicas")
+    notify.bar(
+        [*[f"x{n['replicas']}" for n in results.notifiers], "bare"],
+        [*[n["per_s"] for n in results.notifiers], results.bare["per_s"]],
+        color=[*["C1"] * len(results.notifiers), "C7"],
+    )
+    notify.set_title("notifier events/s by replicas, bare aiohttp")
     memory.bar(["API", "notifier"], [results.rss_mb["api"], results.rss_mb["notifier"]], color="C3")
     memory.set_title("peak RSS (MB)")
     figure.suptitle(f"todo-events bench, {results.machine['cores']} cores, {results.machine['date']}")
@@ -560,11 +630,18 @@ def main() -> None:
     warnings.filterwarnings("ignore", module="platformdirs")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter phases (a smoke run, figures less stable)")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="py-spy flame graphs of the API (POST phase) and of one notifier (throughput) in bench/results/",
+    )  # fmt: skip
     args = parser.parse_args()
     config = Config(post_seconds=3, e2e_seconds=3, notifier_events=1000) if args.quick else Config()
+    if args.profile:  # a notifier run long enough for the sampler (about 5 s at 2,000 events/s)
+        config.profile, config.notifier_events = True, max(config.notifier_events, 10_000)
     results = asyncio.run(run(config))
     print()
     print(table(results))
+    print(profile_table(results))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(results.__dict__, indent=2))
     chart(results, RESULTS / "bench.png")

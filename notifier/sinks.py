@@ -9,6 +9,7 @@ no membership to read: there the probe is sendChatAction, which fails exactly as
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 import structlog
@@ -20,7 +21,8 @@ from notifier.settings import ChatId, Settings
 from notifier.transport import AiohttpRequest
 
 log = structlog.get_logger(__name__)
-_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+# already JSON: PTB passes a string through, where a LinkPreviewOptions would be turned into a dict and dumped
+_NO_PREVIEW = json.dumps(LinkPreviewOptions(is_disabled=True).to_dict())
 CONNECT_TIMEOUT = 5.0
 
 
