@@ -40,6 +40,7 @@ class Todo(BaseModel):
 
     @functools.cached_property
     def _bytes(self) -> bytes:
+        # cached in the instance: the model is frozen (a changed todo is a new Todo, never a model_copy)
         return self.__pydantic_serializer__.to_json(self, by_alias=True)
 
     def to_bytes(self) -> bytes:

@@ -33,7 +33,13 @@ async def _postgres_lock() -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            try:
+                await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            except BaseException:
+                # the pool does not reset sessions (web.db): a connection still holding the lock must not
+                # go back to it; closed, it releases the lock with its session
+                connection.terminate()
+                raise
 
 
 @contextlib.asynccontextmanager
