@@ -119,6 +119,14 @@ MUTANTS: list[Mutant] = [
         (f"{NOTIFIER}/test_delivery.py::test_already_sent_event_is_not_sent_again",),
     ),
     Mutant(
+        "first-mark-overwrites",
+        "guarantees: redelivery (a first delivery's mark is written only where no record exists)",
+        "notifier/sent_log.py",
+        "        headers = _ABSENT if if_absent else None\n",
+        "        headers = None\n",
+        (f"{NOTIFIER}/test_delivery.py::test_already_sent_event_is_not_sent_again",),
+    ),
+    Mutant(
         "no-outage",
         "guarantees: long faults; policy: the 3rd transient failure in a row",
         "notifier/policy.py",
