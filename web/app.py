@@ -31,6 +31,7 @@ def init_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[OUTBOX_WAKEUP] = asyncio.Event()
     app[BROKER] = Broker()
+    app[METRICS].nats_connected.set_function(lambda: float(app[BROKER].is_connected))
     # the ORM first: the relay task started later must see its context
     app.cleanup_ctx.extend([orm_ctx, nats_ctx, relay_ctx])
     app.router.add_get("/api/todos", views.list_todos, allow_head=False)

@@ -26,6 +26,10 @@ class Metrics:
             "outbox_backlog", "Events committed and not yet acked by NATS (sampled about every second)",
             registry=self.registry,
         )  # fmt: skip
+        self.nats_connected = Gauge(
+            "nats_connected", "1 while the API is connected to NATS (0: events wait in the outbox; the API serves)",
+            registry=self.registry,
+        )  # fmt: skip
         self.published = Counter("outbox_published", "Events acked by NATS", ("mode",), registry=self.registry)
         self.publish_failures = Counter(
             "outbox_publish_failures", "Relay batches that failed to publish (retried with backoff)",

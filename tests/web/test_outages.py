@@ -20,16 +20,15 @@ Client = TestClient[Any, Any]
 
 
 async def test_nats_outage_loses_nothing_and_keeps_order(api: Client, jetstream: NatsServer, database_url: str) -> None:
-    """NATS stopped while todos change: every request succeeds, /readyz says 503; after restart the stream holds
-    every event once, in order per todo."""
+    """NATS stopped while todos change: every request succeeds and the API stays ready (a NATS rolling restart
+    must not take it out of its Service; /readyz and /metrics say NATS is away); after restart the stream
+    holds every event once, in order per todo."""
     before = await (await api.post("/api/todos", json={"task": "before"})).json()
     await wait_for_events(jetstream.url, 1)
     jetstream.stop()
 
-    async def not_ready() -> bool:
-        return (await api.get("/readyz")).status == 503
-
-    await wait_for(not_ready, timeout=10)
+    await wait_for(lambda: nats_state(api, "disconnected"), timeout=10)
+    assert "nats_connected 0.0" in await (await api.get("/metrics")).text()
     answers: list[dict[str, Any]] = []
     subjects: list[str] = []
     for i in range(5):
@@ -65,10 +64,15 @@ async def test_nats_outage_loses_nothing_and_keeps_order(api: Client, jetstream:
         expected[answer["id"]].append((subject, answer))
     assert by_todo == expected
 
-    async def ready() -> bool:
-        return (await api.get("/readyz")).status == 200
+    await wait_for(lambda: nats_state(api, "connected"))
+    assert "nats_connected 1.0" in await (await api.get("/metrics")).text()
 
-    await wait_for(ready)
+
+async def nats_state(api: Client, state: str) -> bool:
+    """/readyz answers 200 and says NATS is in `state` (connected, disconnected)."""
+    response = await api.get("/readyz")
+    assert response.status == 200, await response.text()
+    return str((await response.json())["nats"]).split(":")[0] == state
 
 
 @pytest.fixture
@@ -82,7 +86,8 @@ async def test_postgres_outage_is_a_quick_503_then_recovers(
     own_postgres: Postgres, jetstream: NatsServer, make_client: ClientFactory
 ) -> None:
     """PostgreSQL stopped: requests get a 503 problem document while it is down (not a hang until it is
-    back) and /readyz is 503; after restart the API works again with no manual step, and events flow.
+    back) and /readyz is 503, saying why in words; after restart the API works again with no manual step,
+    and events flow.
 
     How quickly the 503 comes is the API's deadline (web.middlewares.DEADLINE, the pool's timeouts),
     measured by the fault suite's PostgreSQL scenario; here the client's timeout only turns a hang
@@ -104,7 +109,9 @@ async def test_postgres_outage_is_a_quick_503_then_recovers(
         assert response.status == 503, (method, path, await response.text())
         assert response.content_type == "application/problem+json"
         assert (await response.json())["status"] == 503
-    assert (await api.get("/readyz", timeout=hang)).status == 503
+    readyz = await api.get("/readyz", timeout=hang)
+    assert readyz.status == 503
+    assert (await readyz.json())["detail"] == "the database does not answer"  # no address, no driver text
 
     await asyncio.to_thread(own_postgres.start)
 
@@ -125,21 +132,19 @@ async def test_postgres_outage_is_a_quick_503_then_recovers(
 async def test_api_starts_and_serves_before_nats_is_up(
     tmp_path: Path, database_url: str, make_client: ClientFactory
 ) -> None:
-    """NATS not running when the API starts: it serves at once (/readyz 503), and events flow once NATS is up."""
+    """NATS not running when the API starts: it serves at once (and is ready: /readyz 200, NATS disconnected),
+    and events flow once NATS is up."""
     late = NatsServer(tmp_path / "late-nats").start()
     late.stop()  # down, on a port of its own that it gets back when started again
     try:
         api = await make_client(database_url, late.url)
         todo = await (await api.post("/api/todos", json={"task": "early"})).json()
-        assert (await api.get("/readyz")).status == 503
+        assert await nats_state(api, "disconnected")
         late.start()
         await bootstrap_streams(late.url)
         events = await wait_for_events(late.url, 1, timeout=15)
         assert events[0].payload == todo
 
-        async def ready() -> bool:
-            return (await api.get("/readyz")).status == 200
-
-        await wait_for(ready)
+        await wait_for(lambda: nats_state(api, "connected"))
     finally:
         late.stop()
