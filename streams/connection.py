@@ -7,12 +7,14 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import structlog
 from nats.aio.client import Client
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.logs import register_secret
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +29,7 @@ Callback = Callable[[], Awaitable[None]]
 # a live server has MAX_OUTSTANDING_PINGS * PING_INTERVAL = 6 s to answer a ping.
 PING_INTERVAL = 3
 MAX_OUTSTANDING_PINGS = 2
+MIN_SECRET = 4
 
 
 class NatsSettings(BaseSettings):
@@ -44,10 +47,17 @@ class NatsSettings(BaseSettings):
     def _check_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        for url in value.split(","):
-            parts = urlsplit(url.strip())
-            if parts.scheme not in {"nats", "tls", "ws", "wss"} or not parts.hostname:
-                raise ValueError("must look like nats://host:4222 (schemes nats, tls, ws, wss)")
+        for number, url in enumerate(value.split(","), start=1):
+            try:
+                parts = urlsplit(url.strip())
+                valid = parts.scheme in {"nats", "tls", "ws", "wss"} and bool(parts.hostname)
+                parts.port  # noqa: B018 (raises on a port that is not a number in 0-65535)
+            except ValueError:
+                valid = False
+            if not valid:
+                # which one, never what it holds (it may carry a password)
+                where = f" (server {number} of the list)" if "," in value else ""
+                raise ValueError(f"must look like nats://host:4222 (schemes nats, tls, ws, wss){where}")
         return value.strip()
 
     @field_validator("nats_creds", "nats_tls_ca")
@@ -88,12 +98,38 @@ def server_info(nc: Client) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, fit for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL, or comma-separated list of URLs, with every password and token replaced, fit for logs.
+
+    `nats://user:secret@host` keeps the user; `nats://TOKEN@host` (token auth) is all secret. The host
+    and port are kept as written (an IPv6 host keeps its brackets), and a URL that does not parse is
+    replaced whole rather than raising.
+    """
+    return ",".join(_redact_one(part.strip()) for part in url.split(","))
+
+
+def _redact_one(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    user, colon, _ = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=f"{user + ':' if colon else ''}***@{hostport}"))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords and tokens in a URL or comma-separated list of URLs (to register for redaction)."""
+    found = []
+    for part in url.split(","):
+        with contextlib.suppress(ValueError):
+            userinfo, at, _ = urlsplit(part.strip()).netloc.rpartition("@")
+            user, colon, password = userinfo.partition(":")
+            secret = unquote(password if colon else user) if at else ""
+            if secret:
+                found.append(secret)
+    return found
 
 
 async def connect(  # noqa: C901, PLR0913 - keyword-only options of one call
@@ -124,6 +160,11 @@ async def connect(  # noqa: C901, PLR0913 - keyword-only options of one call
     async def closed() -> None:
         log.info("nats.closed")
 
+    for secret in url_secrets(settings.nats_url or ""):
+        # nats-py and its callers may quote a server URL in an error: never with its password or token
+        # (a secret shorter than MIN_SECRET would blank out common words; the URLs themselves are redacted)
+        if len(secret) >= MIN_SECRET:
+            register_secret(secret)
     options: dict[str, Any] = {}
     if settings.nats_creds is not None:
         options["user_credentials"] = str(settings.nats_creds)

@@ -131,3 +131,18 @@ async def test_dlq_list_and_replay_as_an_operator_runs_them(nats_server: NatsSer
     assert again.headers is not None
     assert again.headers[subjects.EVENT_ID_HEADER] == event_id
     assert again.headers[subjects.MSG_ID_HEADER] != event_id
+
+
+def test_unreachable_list_with_credentials_is_one_line_without_them() -> None:
+    """NATS_URL with several servers, each with credentials, none answering: one line, no password, no token."""
+    with refusing_port() as first, refusing_port() as second:
+        url = f"nats://admin:hunter2-pass@127.0.0.1:{first},nats://tok-en-123456@[::1]:{second}"
+        result = streams("status", nats_url=url)
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in result.stderr
+    assert "tok-en" not in result.stderr
+    assert "admin:***@127.0.0.1" in result.stderr
+    assert "[::1]" in result.stderr

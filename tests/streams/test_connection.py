@@ -123,3 +123,43 @@ async def test_half_open_connection_is_noticed_and_replaced(nats_server: NatsSer
             gc.collect()  # nats-py's stale transport, collected while the loop still runs
 
     assert proxy.connections == 2
+
+
+def test_redact_url_hides_every_password_and_token_of_a_list() -> None:
+    given = "nats://web:s3cret-one@n1:4222, nats://TOKEN-abc123@[fd00::2]:4222,tls://n3.example:4443"
+    assert connection.redact_url(given) == "nats://web:***@n1:4222,nats://***@[fd00::2]:4222,tls://n3.example:4443"
+    assert connection.url_secrets(given) == ["s3cret-one", "TOKEN-abc123"]
+
+
+def test_redact_url_never_raises_and_keeps_what_it_cannot_read_out() -> None:
+    assert connection.redact_url("nats://u:pw@[::1]:4222") == "nats://u:***@[::1]:4222"  # brackets kept
+    assert connection.redact_url("nats://u:pw@host:99999x") == "nats://u:***@host:99999x"  # bad port: no traceback
+    assert connection.redact_url("nats://[::1") == "<unparsable URL>"
+    assert connection.url_secrets("nats://u:p%40ss@h") == ["p@ss"]  # as the server receives it
+
+
+def test_a_bad_server_in_a_list_is_named_by_position_not_by_content(monkeypatch) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://a:pw-one@h1:4222,nats://b:pw-two@h2:notaport")
+    try:
+        NatsSettings.from_env()
+    except SystemExit as stop:
+        message = str(stop)
+    else:
+        raise AssertionError("a port that is no number must be refused")
+    assert "server 2 of the list" in message
+    assert "pw-" not in message
+
+
+async def test_connect_registers_the_passwords_of_every_server_for_redaction(nats_server: NatsServer) -> None:
+    """A library error quoting a server URL would carry its password: every log line is scrubbed of it."""
+    from streams.logs import redact  # noqa: PLC0415
+
+    url = f"nats://user:pw-{id(nats_server)}@127.0.0.1:1,{nats_server.url}"
+    nc = await connection.connect(NatsSettings(NATS_URL=url), name="redaction-test", max_reconnect_attempts=1)
+    try:
+        assert (
+            redact(f"error at nats://user:pw-{id(nats_server)}@127.0.0.1:1")
+            == "error at nats://user:[REDACTED]@127.0.0.1:1"
+        )
+    finally:
+        await nc.close()
