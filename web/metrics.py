@@ -23,7 +23,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.outbox_backlog = Gauge(
-            "outbox_backlog", "Events committed and not yet acked by NATS (sampled about every second)",
+            "outbox_backlog",
+            "Events committed and not yet acked by NATS (sampled about every second; the span of outbox ids)",
             registry=self.registry,
         )  # fmt: skip
         self.nats_connected = Gauge(

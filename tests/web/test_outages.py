@@ -148,3 +148,34 @@ async def test_api_starts_and_serves_before_nats_is_up(
         await wait_for(lambda: nats_state(api, "connected"))
     finally:
         late.stop()
+
+
+async def test_the_backlog_gauge_moves_while_writes_go_on(api: Client, jetstream: NatsServer) -> None:
+    """NATS away and a steady stream of commits (each one wakes the relay): the gauge must follow the backlog
+    as it grows, not freeze until the writes stop (a backlog is watched exactly when it grows)."""
+    jetstream.stop()
+    await wait_for(lambda: nats_state(api, "disconnected"), timeout=10)
+    seen: list[float] = []
+    writing = True
+
+    async def write() -> None:
+        while writing:
+            assert (await api.post("/api/todos", json={"task": "backlog"})).status == 201
+            await asyncio.sleep(0.01)
+
+    writer = asyncio.create_task(write())
+    try:
+
+        async def gauge_grew_twice() -> bool:
+            metrics = await (await api.get("/metrics")).text()
+            value = next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("outbox_backlog "))
+            if not seen or value > seen[-1]:
+                seen.append(value)
+            return len([value for value in seen if value > 0]) >= 2
+
+        await wait_for(gauge_grew_twice, timeout=10, interval=0.1)
+        assert not writer.done(), "the writes must still be going on"
+    finally:
+        writing = False
+        await writer
+        jetstream.start()

@@ -18,7 +18,7 @@ from streams.subjects import STREAM
 from tests.services import NatsServer
 from tests.web.conftest import ClientFactory
 from tests.web.helpers import count_rows, wait_for, wait_for_events
-from web.relay import RELAY_LOCK_KEY
+from web.relay import BACKLOG_QUERY, RELAY_LOCK_KEY
 
 Client = TestClient[Any, Any]
 
@@ -176,3 +176,15 @@ async def test_a_batch_nats_takes_only_in_part_keeps_the_rest(
 
 async def _outbox_empty(database_url: str) -> bool:
     return await count_rows(database_url, "outbox") == 0
+
+
+async def test_counting_the_backlog_reads_the_index_ends_not_the_table(api: Client, database_url: str) -> None:
+    """The gauge's query stays cheap on a backlog of a million rows: PostgreSQL answers min and max from the
+    two ends of the primary key's index (no scan of the rows, whatever their number)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        plan = "\n".join(row[0] for row in await connection.fetch(f"EXPLAIN {BACKLOG_QUERY}"))
+    finally:
+        await connection.close()
+    assert "Seq Scan" not in plan, plan
+    assert plan.count("Index Only Scan") == 2, plan
