@@ -12,19 +12,23 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, read from pyproject.toml, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
-    && pip install --no-cache-dir -r requirements.txt
+# Dependencies first, so a code change does not reinstall them: the exact versions and sha256
+# hashes of requirements.lock (from pyproject.toml's dependencies, kept in sync by tests/k8s), and
+# the build backend from requirements-build.lock. Same source, same packages: pip refuses any
+# file whose hash is not in the lock, and installs nothing the lock does not list.
+COPY pyproject.toml README.md requirements.lock requirements-build.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock \
+    && pip install --no-cache-dir --require-hashes -r requirements-build.lock
 
 COPY web ./web
 COPY notifier ./notifier
 COPY streams ./streams
 # A regular (non-editable) install: the packages land in site-packages, byte-compiled, so the
-# read-only root filesystem in Kubernetes never needs a __pycache__ write.
-RUN pip install --no-cache-dir --no-deps . \
-    && pip uninstall --yes pip
+# read-only root filesystem in Kubernetes never needs a __pycache__ write. No dependency and no
+# build backend comes from the index here (--no-deps, --no-build-isolation: the locked setuptools);
+# the tools that built it leave the virtualenv afterwards.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && pip uninstall --yes setuptools pip
 
 
 # --- runtime: the slim base, the virtualenv, a non-root user; no compilers, no sources ---

@@ -1,7 +1,8 @@
 """k8s/ as data: the kustomization rendered the way `kubectl apply -k k8s/` would, without kubectl.
 
-Only the kustomize fields k8s/kustomization.yaml uses are understood (resources, namespace,
-labels, images); `test_kustomization_uses_only_understood_fields` keeps it that way.
+Only the kustomize fields k8s/ uses are understood (resources, components, namespace, labels,
+images; in a component resources and JSON 6902 patches); `test_kustomization_uses_only_understood_fields`
+keeps it that way, and where kubectl is installed `test_renderer_matches_kubectl_kustomize` compares.
 """
 
 from __future__ import annotations
@@ -27,11 +28,17 @@ K8S = ROOT / "k8s"
 KUSTOMIZATION = K8S / "kustomization.yaml"
 NATS_VALUES = K8S / "nats-values.yaml"
 SECRETS_EXAMPLE = K8S / "secrets.example.yaml"
-OPTIONAL = K8S / "optional"
-KEDA_SCALED_OBJECT = OPTIONAL / "keda-scaledobject.yaml"
+COMPONENTS = K8S / "components"
+KEDA = "keda"
+NODE_LOCAL_DNS = "node-local-dns"
+KEDA_SCALED_OBJECT = COMPONENTS / KEDA / "scaledobject.yaml"
 # files in k8s/ that are deliberately not kustomize resources (each says why in its header)
 NOT_RESOURCES = {KUSTOMIZATION, NATS_VALUES, SECRETS_EXAMPLE}
-UNDERSTOOD_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
+UNDERSTOOD_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "components", "images"}
+UNDERSTOOD_COMPONENT_FIELDS = {"apiVersion", "kind", "resources", "patches"}
+# a current Kubernetes (kubernetes-validate bundles schemas up to its own version); strict mode
+# rejects unknown fields, so a misspelt key fails instead of being silently dropped by the API
+KUBERNETES_VERSION = "1.35"
 # the image built from ./Dockerfile, as the manifests name it before kustomize's `images:`
 APP_IMAGE = "todo-events"
 PACKAGES = ("web", "notifier", "streams")
@@ -48,6 +55,70 @@ def kustomization() -> Doc:
     return yaml.safe_load(KUSTOMIZATION.read_text(encoding="utf-8"))
 
 
+def component_names() -> list[str]:
+    """Every kustomize component under k8s/components/ (opt-in: none is listed in the base)."""
+    return sorted(path.parent.name for path in COMPONENTS.glob("*/kustomization.yaml"))
+
+
+@cache
+def component(name: str) -> Doc:
+    return yaml.safe_load((COMPONENTS / name / "kustomization.yaml").read_text(encoding="utf-8"))
+
+
+def _pointer(path: str) -> list[str]:
+    assert path.startswith("/"), path
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def apply_json_patch(doc: Doc, operations: list[Doc]) -> None:
+    """RFC 6902 add, remove and replace, in place; a path that does not exist is an error, as in kustomize."""
+    for operation in operations:
+        *parents, last = _pointer(operation["path"])
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        op = operation["op"]
+        if isinstance(node, list):
+            if op == "add":
+                node.insert(len(node) if last == "-" else int(last), copy.deepcopy(operation["value"]))
+            elif op == "remove":
+                del node[int(last)]
+            else:
+                assert op == "replace", op
+                node[int(last)] = copy.deepcopy(operation["value"])
+            continue
+        if op in {"remove", "replace"} and last not in node:
+            raise KeyError(f"{operation['path']}: no such field")
+        if op == "remove":
+            del node[last]
+        else:
+            assert op in {"add", "replace"}, op
+            node[last] = copy.deepcopy(operation["value"])
+
+
+def _targets(doc: Doc, target: Doc) -> bool:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    wanted = {"group": group, "version": version, "kind": doc["kind"], "name": doc["metadata"]["name"]}
+    return all(wanted[key] == value for key, value in target.items())
+
+
+def _apply_component(docs: list[Doc], name: str) -> None:
+    spec = component(name)
+    assert spec["kind"] == "Component", name
+    for resource in spec.get("resources", []):
+        docs.extend(
+            {**doc, "_source": f"components/{name}/{resource}"} for doc in load_yaml(COMPONENTS / name / resource)
+        )
+    for patch in spec.get("patches", []):
+        text = patch["patch"] if "patch" in patch else (COMPONENTS / name / patch["path"]).read_text(encoding="utf-8")
+        operations = yaml.safe_load(text)
+        assert isinstance(operations, list), f"{name}: only JSON 6902 patches are understood"
+        matched = [doc for doc in docs if _targets(doc, patch["target"])]
+        assert matched, f"{name}: the patch target {patch['target']} selects nothing"
+        for doc in matched:
+            apply_json_patch(doc, operations)
+
+
 def _apply_images(doc: Doc, images: list[Doc]) -> None:
     for container in pod_containers(doc):
         for image in images:
@@ -56,34 +127,38 @@ def _apply_images(doc: Doc, images: list[Doc]) -> None:
 
 
 @cache
-def _rendered() -> tuple[Doc, ...]:
+def _rendered(components: tuple[str, ...]) -> tuple[Doc, ...]:
     spec = kustomization()
     docs: list[Doc] = []
     for resource in spec["resources"]:
-        for doc in load_yaml(K8S / resource):
-            rendered = copy.deepcopy(doc)
-            rendered["_source"] = resource
-            metadata = rendered.setdefault("metadata", {})
-            if rendered["kind"] != "Namespace":
-                metadata["namespace"] = spec["namespace"]
-            for label in spec.get("labels", []):
-                metadata.setdefault("labels", {}).update(label["pairs"])
-            _apply_images(rendered, spec.get("images", []))
-            docs.append(rendered)
+        docs += [{**copy.deepcopy(doc), "_source": resource} for doc in load_yaml(K8S / resource)]
+    for path in components:
+        _apply_component(docs, path.removeprefix("components/"))
+    for doc in docs:
+        metadata = doc.setdefault("metadata", {})
+        if doc["kind"] != "Namespace":
+            metadata["namespace"] = spec["namespace"]
+        for label in spec.get("labels", []):
+            metadata.setdefault("labels", {}).update(label["pairs"])
+        _apply_images(doc, spec.get("images", []))
     return tuple(docs)
 
 
-def rendered() -> list[Doc]:
-    """Every object `kubectl apply -k k8s/` creates (a fresh copy; `_source` names its file)."""
-    return copy.deepcopy(list(_rendered()))
+def rendered(*components: str) -> list[Doc]:
+    """Every object `kubectl apply -k k8s/` creates (a fresh copy; `_source` names its file): with the
+    components k8s/kustomization.yaml lists, or with those named here (e.g. "keda") instead."""
+    chosen = components or tuple(kustomization().get("components") or ())
+    return copy.deepcopy(list(_rendered(tuple(chosen))))
 
 
 def without_source(doc: Doc) -> Doc:
     return {key: value for key, value in doc.items() if key != "_source"}
 
 
-def find(kind: str, name: str) -> Doc:
-    matches = [doc for doc in rendered() if doc["kind"] == kind and doc["metadata"]["name"] == name]
+def find(kind: str, name: str, docs: list[Doc] | None = None) -> Doc:
+    """The one object of that kind and name in `docs` (default: the kustomization as it is)."""
+    matches = [doc for doc in (rendered() if docs is None else docs) if doc["kind"] == kind]
+    matches = [doc for doc in matches if doc["metadata"]["name"] == name]
     assert len(matches) == 1, f"expected one {kind}/{name} in the kustomization, found {len(matches)}"
     return matches[0]
 

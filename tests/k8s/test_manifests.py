@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.k8s.manifests import (
+    COMPONENTS,
     K8S,
     KEDA_SCALED_OBJECT,
+    KUBERNETES_VERSION,
     KUSTOMIZATION,
     NOT_RESOURCES,
-    OPTIONAL,
     SECRETS_EXAMPLE,
+    UNDERSTOOD_COMPONENT_FIELDS,
     UNDERSTOOD_FIELDS,
+    Doc,
+    apply_json_patch,
+    component,
+    component_names,
     find,
     kustomization,
     load_yaml,
     rendered,
     without_source,
 )
-
-# a current Kubernetes (kubernetes-validate bundles schemas up to its own version); strict mode
-# rejects unknown fields, so a misspelt key fails instead of being silently dropped by the API
-KUBERNETES_VERSION = "1.35"
 
 
 def _ids(docs: list[dict]) -> list[str]:
@@ -34,12 +39,29 @@ def _ids(docs: list[dict]) -> list[str]:
 
 RENDERED = rendered()
 EXAMPLE_SECRETS = load_yaml(SECRETS_EXAMPLE)
+# every component enabled: the objects they add or change (the rest is RENDERED again)
+WITH_COMPONENTS = [
+    doc
+    for doc in rendered(*component_names())
+    if doc["apiVersion"] != "keda.sh/v1alpha1" and without_source(doc) not in map(without_source, RENDERED)
+]
 
 
 @pytest.mark.parametrize("doc", RENDERED + EXAMPLE_SECRETS, ids=_ids(RENDERED + EXAMPLE_SECRETS))
 def test_manifest_validates_against_kubernetes_schema(doc):
     """Each object of the kustomization (and the example Secrets) passes the strict schema."""
     assert kubernetes_validate.validate(without_source(doc), KUBERNETES_VERSION, strict=True) == KUBERNETES_VERSION
+
+
+@pytest.mark.parametrize("doc", WITH_COMPONENTS, ids=_ids(WITH_COMPONENTS))
+def test_objects_changed_by_components_validate(doc):
+    """What the components patch (the notifier without replicas, the policies with NodeLocal DNS) is valid too."""
+    assert kubernetes_validate.validate(without_source(doc), KUBERNETES_VERSION, strict=True) == KUBERNETES_VERSION
+
+
+def test_components_change_something():
+    """Each component patches or adds what it says (else the test above would check nothing)."""
+    assert {"Deployment/notifier", "NetworkPolicy/web", "NetworkPolicy/notifier"} <= set(_ids(WITH_COMPONENTS))
 
 
 def test_strict_validation_catches_a_misspelt_field():
@@ -51,19 +73,79 @@ def test_strict_validation_catches_a_misspelt_field():
 
 
 def test_kustomization_lists_every_manifest():
-    """Every YAML file in k8s/ is a kustomize resource, except the documented non-resources."""
+    """Every YAML file in k8s/ is a kustomize resource, except the documented non-resources; every file
+    under components/ is a component's kustomization, or a resource or patch a component names."""
     files = set(K8S.glob("*.y*ml")) - NOT_RESOURCES
     listed = {K8S / resource for resource in kustomization()["resources"]}
     assert listed == files
     assert all(path.is_file() for path in listed)
-    optional = set(OPTIONAL.rglob("*.y*ml"))
-    assert optional == {KEDA_SCALED_OBJECT}, "every optional file needs its own test and a line in the docs"
+    used = set()
+    for name in component_names():
+        spec = component(name)
+        used.add(COMPONENTS / name / "kustomization.yaml")
+        used |= {COMPONENTS / name / resource for resource in spec.get("resources", [])}
+        used |= {COMPONENTS / name / patch["path"] for patch in spec.get("patches", []) if "path" in patch}
+    assert set(COMPONENTS.rglob("*.y*ml")) == used
+    assert all(path.is_file() for path in used)
+    assert KEDA_SCALED_OBJECT in used
+    assert component_names() == ["keda", "node-local-dns"], "every component needs its own tests and docs"
 
 
 def test_kustomization_uses_only_understood_fields():
     """The renderer in manifests.py understands every field used, so what it checks is what applies."""
     assert set(kustomization()) <= UNDERSTOOD_FIELDS
     assert kustomization()["namespace"] == "project"
+    for name in kustomization().get("components") or []:
+        assert (K8S / name / "kustomization.yaml").is_file(), name
+    for name in component_names():
+        spec = component(name)
+        assert spec["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+        assert spec["kind"] == "Component"
+        assert set(spec) <= UNDERSTOOD_COMPONENT_FIELDS, name
+        for patch in spec.get("patches", []):
+            assert set(patch) in ({"target", "patch"}, {"target", "path"}), patch
+            assert set(patch["target"]) <= {"group", "version", "kind", "name"}, patch
+
+
+def test_base_enables_no_component():
+    """The base applies on any cluster: KEDA's CRDs and NodeLocal DNSCache are opt-in."""
+    assert not kustomization().get("components")
+    assert not [d for d in RENDERED if d["apiVersion"].startswith("keda.sh/")]
+
+
+def test_json_patch_removal_of_a_missing_field_fails():
+    """As in kustomize: a component whose patch no longer finds its field fails instead of doing nothing."""
+    doc: Doc = {"spec": {"template": {}}}
+    with pytest.raises(KeyError):
+        apply_json_patch(doc, [{"op": "remove", "path": "/spec/replicas"}])
+
+
+def _kubectl_kustomize(tmp_path, components: list[str]) -> list[Doc]:
+    """`kubectl kustomize` of a copy of k8s/ with these components listed."""
+    copy_dir = tmp_path / "k8s"
+    shutil.copytree(K8S, copy_dir)
+    spec = yaml.safe_load((copy_dir / "kustomization.yaml").read_text(encoding="utf-8"))
+    if components:
+        spec["components"] = [f"components/{name}" for name in components]
+    (copy_dir / "kustomization.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None
+    result = subprocess.run(
+        [kubectl, "kustomize", str(copy_dir)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _by_key(docs: list[Doc]) -> dict[tuple[str, str], Doc]:
+    return {(doc["kind"], doc["metadata"]["name"]): without_source(doc) for doc in docs}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its kustomize) is not installed")
+@pytest.mark.parametrize("components", [[], component_names()], ids=["base", "all-components"])
+def test_renderer_matches_kubectl_kustomize(tmp_path, components):
+    """The objects these tests check are the objects `kubectl apply -k` would send."""
+    assert _by_key(rendered(*components)) == _by_key(_kubectl_kustomize(tmp_path, components))
 
 
 def test_objects_are_unique_and_in_the_project_namespace():

@@ -19,7 +19,15 @@ ALL = list(containers())
 IDS = [c.label for c in ALL]
 # a Telegram bot token: <bot id>:<35 characters>
 TELEGRAM_TOKEN = re.compile(r"\d{8,10}:[A-Za-z0-9_-]{35}")
-OWNED = ["Dockerfile", ".dockerignore", "k8s", "docs/kubernetes.md", "tests/k8s"]
+OWNED = [
+    "Dockerfile",
+    ".dockerignore",
+    "k8s",
+    "docs/kubernetes.md",
+    "tests/k8s",
+    "requirements.lock",
+    "requirements-build.lock",
+]
 
 
 def _effective(container: Container, key: str) -> object:
