@@ -14,15 +14,9 @@ install:
     {{python}} -m pip install -e '.[dev]'
 
 # the whole system on this machine: nats-server (JetStream, ./var), SQLite, the API on :8080, two notifiers
+[no-exit-message]
 up:
-    mkdir -p var
-    NATS_URL=nats://127.0.0.1:${NATS_PORT:-4222} \
-    HOST=${HOST:-127.0.0.1} \
-    NOTIFIER_HOST=${NOTIFIER_HOST:-127.0.0.1} \
-    DATABASE_URL=${DATABASE_URL:-sqlite://var/todos.sqlite3} \
-    NOTIFIER_SINK=${NOTIFIER_SINK:-$( [ -n "${TELEGRAM_ACCESS_TOKEN:-}" ] && echo telegram || echo log )} \
-    LOG_FORMAT=${LOG_FORMAT:-console} \
-    honcho start --no-colour -f {{justfile_directory()}}/Procfile -d .
+    @exec {{python}} {{quote(justfile_directory() / "tools" / "up.py")}}
 
 # create or update the JetStream stream, consumer, dead-letter stream and KV buckets on NATS_URL
 bootstrap-streams:
