@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import nats
+import psutil
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -195,3 +196,114 @@ async def test_relay_killed_between_publish_and_delete_republishes_and_the_strea
     assert [event.payload for event in events] == answers
     assert [event.subject for event in events] == ["todos.created"] * 3 + ["todos.updated", "todos.deleted"]
     assert await count_rows(database_url, "outbox") == 0
+
+
+async def _relay_lock_client_port(database_url: str) -> int | None:
+    """The client port of the session in a relay batch (holding the relay's advisory lock), if any."""
+    rows = await sql(
+        database_url,
+        "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted"
+        f" AND l.classid = {RELAY_LOCK_KEY >> 32} AND l.objid = {RELAY_LOCK_KEY & 0xFFFFFFFF} AND l.objsubid = 1",
+    )
+    return int(rows[0]["client_port"]) if rows else None
+
+
+def _owner_of_port(apis: list[Proc], port: int) -> Proc | None:
+    for api in apis:
+        if api.pid is not None and any(
+            conn.laddr and conn.laddr.port == port for conn in psutil.Process(api.pid).net_connections(kind="tcp")
+        ):
+            return api
+    return None
+
+
+async def test_the_replica_caught_holding_the_relay_lock_is_sigkilled_under_load_and_the_other_relays_the_rest(
+    jetstream: NatsServer, database_url: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Two API processes on one database, changes going through both (each todo updated through both in
+    turn). The one caught in a relay batch (holding the advisory lock, so mid-publish or mid-delete) is
+    SIGKILLed. The other relays everything left: each answered change is in the stream once, per todo in
+    commit order (created first, updatedAt rising, nothing after the delete), and the outbox ends empty."""
+    apis = [
+        start_web(database_url=database_url, nats_url=jetstream.url, log_dir=tmp_path, name=name)
+        for name in ("web-a", "web-b")
+    ]
+    answered: list[tuple[str, dict[str, Any]]] = []
+    alive = list(apis)
+    stop = asyncio.Event()
+
+    async def writer(number: int) -> None:
+        step = 0
+        while not stop.is_set():
+            todo_id = None
+            for change in range(6):  # a todo's life, through both replicas in turn while both live
+                api = alive[(number + step) % len(alive)]
+                step += 1
+                method, url, body, subject = (
+                    ("POST", f"{api.url}/api/todos", {"task": f"w{number}"}, "todos.created")
+                    if todo_id is None
+                    else ("DELETE", f"{api.url}/api/todos/{todo_id}", None, "todos.deleted")
+                    if change == 5
+                    else ("PUT", f"{api.url}/api/todos/{todo_id}", {"task": f"w{number} {change}"}, "todos.updated")
+                )
+                try:
+                    async with http.request(method, url, json=body) as response:
+                        if response.status not in {200, 201}:
+                            break  # the todo's earlier change went to the killed replica and was lost
+                        answer = await response.json()
+                except aiohttp.ClientError:
+                    break  # the killed replica: this change may or may not have committed
+                answered.append((subject, answer))
+                todo_id = answer["id"]
+
+    try:
+        await ready_all(apis)
+        writers = [asyncio.create_task(writer(n)) for n in range(6)]
+        await wait_for(lambda: _lock_seen_after(answered, 60, database_url), timeout=30, interval=0)
+        killed = await _kill_the_relay_lock_holder(apis, database_url)
+        alive.remove(killed)
+        await asyncio.sleep(1.0)  # the survivor keeps taking changes for a while
+        stop.set()
+        await asyncio.gather(*writers)
+        events = await wait_until_settled(jetstream.url, database_url)
+    finally:
+        stop.set()
+        await stop_all(apis)
+
+    assert await count_rows(database_url, "outbox") == 0
+    assert len({event.msg_id for event in events}) == len(events), "one copy of each event in the stream"
+    in_stream = Counter((event.subject, json.dumps(event.payload, sort_keys=True)) for event in events)
+    for subject, answer in answered:
+        assert in_stream[(subject, json.dumps(answer, sort_keys=True))] == 1, (subject, answer)
+    _assert_per_todo_commit_order(events)
+
+
+async def _kill_the_relay_lock_holder(apis: list[Proc], database_url: str) -> Proc:
+    """SIGKILL the API process whose session holds the relay lock right now (waiting for the next batch if
+    the one seen ended before its owner was found)."""
+    while True:
+        port = await _relay_lock_client_port(database_url)
+        holder = _owner_of_port(apis, port) if port is not None else None
+        if holder is not None:
+            holder.kill()
+            return holder
+
+
+def _assert_per_todo_commit_order(events: list[Any]) -> None:
+    """Created first, updates with a rising updatedAt (strictly: each update moves it), nothing after the delete."""
+    by_todo: dict[str, list[Any]] = {}
+    for event in events:
+        by_todo.setdefault(event.payload["id"], []).append(event)
+    for todo_events in by_todo.values():
+        assert todo_events[0].subject == "todos.created"
+        assert "todos.created" not in [event.subject for event in todo_events[1:]]
+        assert "todos.deleted" not in [event.subject for event in todo_events[:-1]]
+        updates = [event.payload["updatedAt"] for event in todo_events if event.subject == "todos.updated"]
+        assert updates == sorted(updates), "per-todo commit order"
+        assert len(set(updates)) == len(updates)
+
+
+async def _lock_seen_after(answered: list[Any], changes: int, database_url: str) -> bool:
+    """True once `changes` changes were answered and a relay batch is under way right now."""
+    return len(answered) >= changes and await _relay_lock_client_port(database_url) is not None
