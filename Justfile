@@ -13,10 +13,11 @@ default:
 install:
     {{python}} -m pip install -e '.[dev]'
 
-# the whole system on this machine: nats-server (JetStream, ./var), SQLite, the API on :8080, two notifiers
+# the whole system on this machine: nats-server (JetStream, ./var), SQLite, the API on :8080, two notifiers;
+# `just up --cluster`: three nats-server nodes (R3), PostgreSQL, two API replicas (:8080, :8083), three notifiers
 [no-exit-message]
-up:
-    @exec {{python}} {{quote(justfile_directory() / "tools" / "up.py")}}
+up *ARGS:
+    @exec {{python}} {{quote(justfile_directory() / "tools" / "up.py")}} {{ARGS}}
 
 # create or update the JetStream stream, consumer, dead-letter stream and KV buckets on NATS_URL
 bootstrap-streams:

@@ -397,3 +397,66 @@ def test_a_port_in_use_is_named_in_one_line_and_nothing_starts(tmp_path: Path) -
     assert f"port {up.ports['NOTIFIER_PORT_2']} (NOTIFIER_PORT_2, on 127.0.0.1) is already in use by" in lines[0]
     assert f"pid {os.getpid()}" in lines[0]  # the squatter: this test's process
     assert not (tmp_path / "var" / "nats").exists()
+
+
+class JustUpCluster(JustUp):
+    """`just up --cluster`: three nats-server nodes, PostgreSQL, two APIs, three notifiers, on free ports."""
+
+    NAMES = (
+        *(f"NATS_PORT_{n}" for n in (1, 2, 3)),
+        *(f"NATS_CLUSTER_PORT_{n}" for n in (1, 2, 3)),
+        *(f"NATS_MONITOR_PORT_{n}" for n in (1, 2, 3)),
+        "PG_PORT",
+        "WEB_PORT",
+        "WEB_PORT_2",
+        "NOTIFIER_PORT_1",
+        "NOTIFIER_PORT_2",
+        "NOTIFIER_PORT_3",
+    )
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--cluster"]
+
+
+def test_just_up_cluster_runs_r3_with_two_apis_and_three_notifiers_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    """The failure cases can be tried by hand: a change through the second API replica reaches a notifier over
+    the three-node cluster, every stream and bucket is R3, and Ctrl-C stops all of it (PostgreSQL included)."""
+    names = ("WEB_PORT", "WEB_PORT_2", "NOTIFIER_PORT_1", "NOTIFIER_PORT_2", "NOTIFIER_PORT_3")
+    for attempt in range(1, 4):  # on new free ports if another process took one first
+        up = JustUpCluster(tmp_path, attempt)
+        pending = _wait_ready([f"{up.url(name)}/readyz" for name in names], time.monotonic() + 90, up.lost_a_port)
+        if not pending or not up.lost_a_port() or attempt == 3:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.process.pid, signal.SIGINT)
+        up.wait()
+    try:
+        assert not pending, up.output()[-3000:]
+        tree = up.processes()
+        assert sum("-m notifier" in " ".join(p.cmdline()) for p in tree) == 3
+        request = urllib.request.Request(
+            f"{up.url('WEB_PORT_2')}/api/todos", data=json.dumps({"task": "on three nodes"}).encode(), method="POST"
+        )
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 201
+        deadline = time.monotonic() + 30
+        while "on three nodes" not in _sent_lines(up) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "on three nodes" in _sent_lines(up), up.output()[-3000:]
+        nats_url = ",".join(f"nats://127.0.0.1:{up.ports[f'NATS_PORT_{n}']}" for n in (1, 2, 3))
+        status = subprocess.run(
+            [sys.executable, "-m", "streams", "status", "--json"],
+            env={**up.env, "NATS_URL": nats_url}, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        groups = json.loads(status.stdout)["cluster"]["streams"]
+        assert {name: group["replicas"] for name, group in groups.items()} == dict.fromkeys(groups, 3)
+        assert up.ctrl_c() is not None
+        up.assert_all_stopped(tree)
+    finally:
+        up.close()
+
+
+def _sent_lines(up: JustUp) -> str:
+    return "\n".join(line for line in up.output().splitlines() if "telegram.would_send" in line)

