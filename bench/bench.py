@@ -19,7 +19,6 @@ import json
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -188,7 +187,6 @@ NODE_READY_TIMEOUT = 30.0
 NODE_STOP_TIMEOUT = 5.0
 
 
-@dataclass
 class NodeMissingError(RuntimeError):
     """Node.js is not installed: the bench runs without the Node row."""
 
@@ -196,26 +194,11 @@ class NodeMissingError(RuntimeError):
 class NodeProc(Proc):
     """`node server.js` in bench/node, with Proc's log file, readiness wait (port retry included) and stop."""
 
-    def start(self) -> Self:
-        if self.alive:
-            raise RuntimeError(f"{self.name} is already running")
+    def command(self) -> tuple[list[str], Path]:
         node = shutil.which("node")
         if node is None:
             raise NodeMissingError("node not found on PATH: the Node reference backend needs Node.js 20 or later")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"--- start #{self.starts + 1} of {self.name} ---\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                [node, self.module],
-                env=self.environment(),
-                cwd=NODE_DIR,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.starts += 1
-        return self
+        return [node, self.module], NODE_DIR
 
 
 async def npm_ci() -> None:

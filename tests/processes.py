@@ -77,16 +77,21 @@ class Proc:
         with self.log_path.open("ab") as log:
             log.write(f"--- start #{self.starts + 1} of {self.name} ---\n".encode())
             log.flush()
+            args, cwd = self.command()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module],
+                args,
                 env=self.environment(),
-                cwd=ROOT,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         self.starts += 1
         return self
+
+    def command(self) -> tuple[list[str], Path]:
+        """The command line of the process and the directory it runs in."""
+        return [sys.executable, "-m", self.module], ROOT
 
     def environment(self) -> dict[str, str]:
         merged: dict[str, str | None] = {**os.environ, **self.env}
