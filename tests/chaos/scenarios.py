@@ -63,6 +63,7 @@ class Scenario:
     notifier_env: dict[str, str] = field(default_factory=dict)
     duplicates: Duplicates = Duplicates.NONE
     rules: Callable[[Report], list[str]] = _no_rules  # the scenario's own requirements: each broken one, in words
+    cluster: bool = False  # run on a three-node JetStream cluster, the topology R3
 
     def heading(self, facts: Mapping[str, Any] | None = None) -> str:
         """The title with the facts it names filled in ("N" for those not known)."""
@@ -89,6 +90,19 @@ async def _nats_restart(system: System, load: Load) -> None:
     await system.restart_nats(down_for=2.0)
 
 
+async def _stream_leader_killed(system: System, load: Load) -> None:
+    await load.reached(0.4)
+    await system.kill_stream_leader(down_for=LEADER_DOWN_FOR)
+
+
+def _stream_leader_rules(report: Report) -> list[str]:
+    if not report.facts.get("killed_leader"):
+        return ["no stream leader was killed"]
+    if not report.facts.get("stored_while_down", 0):
+        return ["the stream took no event while its old leader's node was down (no failover)"]
+    return []
+
+
 async def _postgres_outage(system: System, load: Load) -> None:
     await load.reached(0.4)
     await system.stop_postgres(down_for=5.0)
@@ -110,6 +124,7 @@ FREEZE_FOR = 3 * topology.ACK_WAIT  # a SIGSTOPped replica: its events' ack wait
 AWAKE_TIMEOUT = 30.0  # a woken replica settles or lets go what it held within this
 # longer than the notifier's KV write timeout (5 s): the todos_sent record fails and must be retried
 NATS_DOWN_FOR = 8.0
+LEADER_DOWN_FOR = 10.0  # a stream leader's node: SIGKILLed, started again this much later
 # a replica that pauses sends only what it had in flight when the first refusal came: a handful, not
 # one per event per probe; nor is a delivery spent while events are held
 REFUSED_SENDS_PER_REPLICA = 16
@@ -271,6 +286,14 @@ SCENARIOS = [
         notifier_env={"TELEGRAM_GROUP_RATE": "20/20s"},
     ),
     Scenario("postgres", "PostgreSQL stopped for 5 s", _postgres_outage),
+    Scenario(
+        "stream_leader",
+        f"3-node cluster: the TODOS stream leader SIGKILLed, back {LEADER_DOWN_FOR:g} s later",
+        _stream_leader_killed,
+        duplicates=Duplicates.NONE,
+        rules=_stream_leader_rules,
+        cluster=True,
+    ),
     Scenario(
         "telegram",
         "Telegram: 10% 500s, 429 bursts, slow answers",
@@ -519,7 +542,7 @@ async def run(
     started = time.monotonic()
     telegram = scenario.telegram()
     env = {**scenario.notifier_env, **(notifier_env or {})}
-    async with System(workdir, postgres, telegram, notifier_env=env) as system:
+    async with System(workdir, postgres, telegram, notifier_env=env, cluster=scenario.cluster) as system:
         load = Load(system.web.url, changes, rate, workers=workers, label=scenario.name)
         async with asyncio.TaskGroup() as group:
             group.create_task(load.run())

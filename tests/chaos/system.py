@@ -32,6 +32,7 @@ from typing import Any, Self
 
 import asyncpg  # type: ignore[import-untyped]
 import nats
+import nats.errors
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from nats.aio.client import Client as NatsClient
@@ -43,6 +44,7 @@ from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram
 from tests.fake_telegram import RECORD
 from tests.processes import ROOT, Proc, ready_all, start_notifier, start_web, stop_all
 from tests.services import LOCALHOST, NatsServer, Postgres, free_port
+from tools.nats_cluster import NatsCluster
 
 CHAT_ID = -1001234567890
 # the fake enforces no rate limit, so the notifiers need not pace (Telegram's 20 messages/min for a group
@@ -92,6 +94,7 @@ class System:
     telegram: FaultyTelegram
     replicas: int = 3
     notifier_env: dict[str, str] = field(default_factory=dict)
+    cluster: bool = False  # a three-node JetStream cluster (R3 topology) instead of one nats-server
     faults: list[Fault] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     senders: dict[int, Sender] = field(default_factory=dict)  # message_id -> the replica that sent it
@@ -101,7 +104,10 @@ class System:
 
     async def __aenter__(self) -> Self:
         self.database_url = self.postgres.create_database(f"chaos_{uuid.uuid4().hex[:10]}")
-        self.nats = NatsServer(self.workdir / "nats").start()
+        self.nats: NatsServer | NatsCluster = (
+            NatsCluster(self.workdir / "nats").start() if self.cluster else NatsServer(self.workdir / "nats").start()
+        )
+        self.nats_url = self.nats.url  # a cluster's: all three nodes, comma separated
         try:
             await self._start()
         except BaseException:
@@ -111,22 +117,28 @@ class System:
 
     async def _start(self) -> None:
         self.nc: NatsClient = await nats.connect(
-            self.nats.url,
+            self.nats_url.split(","),
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
             error_cb=_quiet,  # the outage is the point: no traceback per failed reconnect
         )
         self.js: JetStreamContext = self.nc.jetstream()
-        await topology.bootstrap(self.js, 1)
+        for attempt in range(1, 4):  # a cluster that just formed may take a while to place its first R3 stream
+            try:
+                await topology.bootstrap(self.js, 3 if self.cluster else 1)
+                break
+            except nats.errors.TimeoutError:
+                if attempt == 3:
+                    raise
         await self.nc.subscribe(f"$KV.{subjects.SENT_BUCKET}.>", cb=self._saw_record)
         await self.telegram.start()
         names = [f"notifier-{i}" for i in range(self.replicas)]
         urls = await self._serve_telegram_per_replica(names)
         logs = self.workdir / "logs"
-        self.web = start_web(database_url=self.database_url, nats_url=self.nats.url, log_dir=logs)
+        self.web = start_web(database_url=self.database_url, nats_url=self.nats_url, log_dir=logs)
         self.notifiers = [
             start_notifier(
-                nats_url=self.nats.url,
+                nats_url=self.nats_url,
                 telegram_base_url=urls[name],
                 token=self.telegram.token,
                 chat_id=CHAT_ID,
@@ -189,6 +201,31 @@ class System:
         await asyncio.sleep(down_for)
         self.nats.start()
         self.faults.append(Fault("nats-server restart", at, time.monotonic(), nats_down=True))
+
+    async def kill_stream_leader(self, down_for: float) -> None:
+        """Cluster: SIGKILL the node leading the TODOS stream, start it again `down_for` seconds later (same
+        ports, same store: it rejoins and catches up), or later still, once the other two took an event."""
+        assert isinstance(self.nats, NatsCluster), "a scenario on a cluster"
+        leader = await self.nats.stream_leader(subjects.STREAM)
+        stored_before = (await self.nats.stream_info(subjects.STREAM)).state.last_seq
+        at = time.monotonic()
+        self.nats.kill(leader)
+        self.facts["killed_leader"] = leader.name
+        successor = await self.nats.stream_leader(subjects.STREAM, not_on=leader)
+        self.facts["new_leader_after_s"] = round(time.monotonic() - at, 1)
+        self.facts["new_leader"] = successor.name
+        await asyncio.sleep(max(0.0, at + down_for - time.monotonic()))
+        # R3: the two nodes left are a quorum and keep taking events; the node comes back once they did
+        # (an election takes several seconds, and the relay retries with backoff meanwhile)
+        deadline = time.monotonic() + 30
+        while (stored := (await self.nats.stream_info(subjects.STREAM)).state.last_seq) == stored_before:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        self.facts["stored_while_down"] = stored - stored_before
+        self.facts["down_s"] = round(time.monotonic() - at, 1)
+        await asyncio.to_thread(self.nats.start_node, leader)
+        self.faults.append(Fault(f"SIGKILL TODOS leader {leader.name}", at, time.monotonic()))
 
     async def stop_postgres(self, down_for: float) -> None:
         at = time.monotonic()

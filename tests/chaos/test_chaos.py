@@ -107,6 +107,15 @@ async def test_postgres_outage(chaos_postgres: Postgres, tmp_path: Path) -> None
     assert report.audit.duplicates == 0
 
 
+async def test_stream_leader_killed(chaos_postgres: Postgres, tmp_path: Path) -> None:
+    """Three-node cluster, R3: the TODOS stream leader SIGKILLed mid-run and back 10 s later; the API keeps
+    answering 2xx, nothing lost, nothing doubled."""
+    report = await _run("stream_leader", chaos_postgres, tmp_path)
+    assert report.faults
+    assert report.audit.duplicates == 0, describe(report)
+    assert sum(report.statuses.get(status, 0) for status in (500, 502, 503, 504)) == 0, describe(report)
+
+
 async def test_flaky_telegram(chaos_postgres: Postgres, tmp_path: Path) -> None:
     """Telegram answering 10% 500s, 429 bursts and answers past the client timeout: nothing lost."""
     report = await _run("telegram", chaos_postgres, tmp_path)
