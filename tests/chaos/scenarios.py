@@ -92,15 +92,40 @@ async def _nats_restart(system: System, load: Load) -> None:
 
 async def _stream_leader_killed(system: System, load: Load) -> None:
     await load.reached(0.4)
-    await system.kill_stream_leader(down_for=LEADER_DOWN_FOR)
+    await system.kill_stream_leader(LEADER_DOWN_FOR)
 
 
-def _stream_leader_rules(report: Report) -> list[str]:
-    if not report.facts.get("killed_leader"):
-        return ["no stream leader was killed"]
+async def _sent_leader_killed(system: System, load: Load) -> None:
+    await load.reached(0.4)
+    await system.kill_stream_leader(LEADER_DOWN_FOR, stream=topology.kv_stream_name(subjects.SENT_BUCKET))
+
+
+async def _node_gone(system: System, load: Load) -> None:
+    await load.reached(0.4)
+    await system.kill_stream_leader(None)
+
+
+async def _node_hung(system: System, load: Load) -> None:
+    await load.reached(0.4)
+    await system.kill_stream_leader(NODE_HUNG_FOR, pause=True)
+
+
+async def _rolling_restart(system: System, load: Load) -> None:
+    await load.reached(0.2)
+    await system.rolling_restart()
+
+
+def _failover_rules(report: Report) -> list[str]:
+    if not report.facts.get("node"):
+        return ["no node was hit"]
     if not report.facts.get("stored_while_down", 0):
-        return ["the stream took no event while its old leader's node was down (no failover)"]
+        return ["the stream took no event while the node was away (no failover)"]
     return []
+
+
+def _rolling_rules(report: Report) -> list[str]:
+    restarted = report.facts.get("restarted", [])
+    return [] if len(restarted) == 3 else [f"only {restarted} restarted"]
 
 
 async def _postgres_outage(system: System, load: Load) -> None:
@@ -125,6 +150,7 @@ AWAKE_TIMEOUT = 30.0  # a woken replica settles or lets go what it held within t
 # longer than the notifier's KV write timeout (5 s): the todos_sent record fails and must be retried
 NATS_DOWN_FOR = 8.0
 LEADER_DOWN_FOR = 10.0  # a stream leader's node: SIGKILLed, started again this much later
+NODE_HUNG_FOR = 20.0  # a node SIGSTOPped this long (a hung node, not a dead one)
 # a replica that pauses sends only what it had in flight when the first refusal came: a handful, not
 # one per event per probe; nor is a delivery spent while events are held
 REFUSED_SENDS_PER_REPLICA = 16
@@ -291,7 +317,39 @@ SCENARIOS = [
         f"3-node cluster: the TODOS stream leader SIGKILLed, back {LEADER_DOWN_FOR:g} s later",
         _stream_leader_killed,
         duplicates=Duplicates.NONE,
-        rules=_stream_leader_rules,
+        rules=_failover_rules,
+        cluster=True,
+    ),
+    Scenario(
+        "sent_leader",
+        f"3-node cluster: the todos_sent KV leader SIGKILLed, back {LEADER_DOWN_FOR:g} s later",
+        _sent_leader_killed,
+        duplicates=Duplicates.NONE,
+        rules=_failover_rules,
+        cluster=True,
+    ),
+    Scenario(
+        "rolling",
+        "3-node cluster: rolling restart, one node at a time",
+        _rolling_restart,
+        duplicates=Duplicates.NONE,
+        rules=_rolling_rules,
+        cluster=True,
+    ),
+    Scenario(
+        "node_gone",
+        "3-node cluster: the TODOS leader's node gone for good",
+        _node_gone,
+        duplicates=Duplicates.NONE,
+        rules=_failover_rules,
+        cluster=True,
+    ),
+    Scenario(
+        "node_hung",
+        f"3-node cluster: the TODOS leader's node SIGSTOPped for {NODE_HUNG_FOR:g} s",
+        _node_hung,
+        duplicates=Duplicates.NONE,
+        rules=_failover_rules,
         cluster=True,
     ),
     Scenario(

@@ -202,30 +202,62 @@ class System:
         self.nats.start()
         self.faults.append(Fault("nats-server restart", at, time.monotonic(), nats_down=True))
 
-    async def kill_stream_leader(self, down_for: float) -> None:
-        """Cluster: SIGKILL the node leading the TODOS stream, start it again `down_for` seconds later (same
-        ports, same store: it rejoins and catches up), or later still, once the other two took an event."""
+    def _cluster(self) -> NatsCluster:
         assert isinstance(self.nats, NatsCluster), "a scenario on a cluster"
-        leader = await self.nats.stream_leader(subjects.STREAM)
-        stored_before = (await self.nats.stream_info(subjects.STREAM)).state.last_seq
+        return self.nats
+
+    async def kill_stream_leader(
+        self, down_for: float | None, *, stream: str = subjects.STREAM, pause: bool = False
+    ) -> None:
+        """Cluster: SIGKILL (or SIGSTOP, `pause`) the node leading `stream`; start it again (SIGCONT) `down_for`
+        seconds later, or later still, once the other two stored an event of TODOS without it; None: never
+        (a node gone for good). Same ports, same store: it rejoins and catches up."""
+        cluster = self._cluster()
+        leader = await cluster.stream_leader(stream)
+        stored_before = (await cluster.stream_info(subjects.STREAM)).state.last_seq
         at = time.monotonic()
-        self.nats.kill(leader)
-        self.facts["killed_leader"] = leader.name
-        successor = await self.nats.stream_leader(subjects.STREAM, not_on=leader)
+        if pause:
+            cluster.pause(leader)
+        else:
+            cluster.kill(leader)
+        self.facts["node"] = leader.name
+        successor = await cluster.stream_leader(stream, not_on=leader)
         self.facts["new_leader_after_s"] = round(time.monotonic() - at, 1)
-        self.facts["new_leader"] = successor.name
-        await asyncio.sleep(max(0.0, at + down_for - time.monotonic()))
+        if down_for is not None:
+            await asyncio.sleep(max(0.0, at + down_for - time.monotonic()))
         # R3: the two nodes left are a quorum and keep taking events; the node comes back once they did
         # (an election takes several seconds, and the relay retries with backoff meanwhile)
         deadline = time.monotonic() + 30
-        while (stored := (await self.nats.stream_info(subjects.STREAM)).state.last_seq) == stored_before:
+        while (stored := (await cluster.stream_info(subjects.STREAM)).state.last_seq) == stored_before:
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
         self.facts["stored_while_down"] = stored - stored_before
-        self.facts["down_s"] = round(time.monotonic() - at, 1)
-        await asyncio.to_thread(self.nats.start_node, leader)
-        self.faults.append(Fault(f"SIGKILL TODOS leader {leader.name}", at, time.monotonic()))
+        self.facts["down_s"] = round(time.monotonic() - at, 1) if down_for is not None else None
+        if down_for is not None:
+            if pause:
+                cluster.resume(leader)
+            else:
+                await asyncio.to_thread(cluster.start_node, leader)
+        kind = "SIGSTOP" if pause else "SIGKILL"
+        self.faults.append(
+            Fault(f"{kind} {stream} leader {leader.name} (next: {successor.name})", at, time.monotonic())
+        )
+
+    async def rolling_restart(self) -> None:
+        """Cluster: each node in turn stopped (SIGTERM) and started again once the others carry every stream,
+        waiting for it to be current again before the next, as an upgrade does."""
+        cluster = self._cluster()
+        at = time.monotonic()
+        restarted = []
+        for node in list(cluster.nodes):
+            await asyncio.to_thread(cluster.stop_node, node)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(cluster.start_node, node)
+            await cluster.wait_stream_current(subjects.STREAM, within=60)
+            restarted.append(node.name)
+        self.facts["restarted"] = restarted
+        self.faults.append(Fault("rolling restart of " + ", ".join(restarted), at, time.monotonic()))
 
     async def stop_postgres(self, down_for: float) -> None:
         at = time.monotonic()
