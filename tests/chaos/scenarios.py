@@ -32,9 +32,9 @@ from notifier.settings import Settings
 from streams import subjects, topology
 from tests.chaos.audit import Audit, Cause, Evidence, StreamEvent, audit, deliveries_of, read_stream
 from tests.chaos.load import Load
-from tests.chaos.system import System
+from tests.chaos.system import Fault, System
 from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram, by_method, refused_sends
-from tests.processes import Proc
+from tests.processes import Proc, ready_all, stop_all
 from tests.services import Postgres
 
 SETTLE_TIMEOUT = 90.0
@@ -64,6 +64,7 @@ class Scenario:
     duplicates: Duplicates = Duplicates.NONE
     rules: Callable[[Report], list[str]] = _no_rules  # the scenario's own requirements: each broken one, in words
     cluster: bool = False  # run on a three-node JetStream cluster, the topology R3
+    replicas: int = 3  # notifier replicas started (a scenario may stop and start some)
 
     def heading(self, facts: Mapping[str, Any] | None = None) -> str:
         """The title with the facts it names filled in ("N" for those not known)."""
@@ -108,6 +109,27 @@ async def _node_gone(system: System, load: Load) -> None:
 async def _node_hung(system: System, load: Load) -> None:
     await load.reached(0.4)
     await system.kill_stream_leader(NODE_HUNG_FOR, pause=True)
+
+
+async def _scale(system: System, load: Load) -> None:
+    """`kubectl scale` of the notifier under load, 1 -> 5 -> 2: SIGTERM to the replicas scaled away (each hands
+    its held events back), new ones started."""
+    others = system.notifiers[1:]  # the first one stays
+    at = time.monotonic()
+    await stop_all(others)
+    counts = [1]
+    await load.reached(0.3)
+    await ready_all([proc.start() for proc in others])
+    counts.append(1 + len(others))
+    await load.reached(0.7)
+    await stop_all(others[1:])
+    counts.append(2)
+    system.facts["replicas"] = counts
+    system.faults.append(Fault("scaled " + " -> ".join(map(str, counts)), at, time.monotonic()))
+
+
+def _scale_rules(report: Report) -> list[str]:
+    return [] if report.facts.get("replicas") == [1, 5, 2] else [f"scaled {report.facts.get('replicas')}, not 1, 5, 2"]
 
 
 async def _rolling_restart(system: System, load: Load) -> None:
@@ -343,6 +365,14 @@ SCENARIOS = [
         duplicates=Duplicates.NONE,
         rules=_failover_rules,
         cluster=True,
+    ),
+    Scenario(
+        "scale",
+        "notifier scaled 1 -> 5 -> 2 under load (SIGTERM and new replicas)",
+        _scale,
+        duplicates=Duplicates.NONE,
+        rules=_scale_rules,
+        replicas=5,
     ),
     Scenario(
         "node_hung",
@@ -600,7 +630,9 @@ async def run(
     started = time.monotonic()
     telegram = scenario.telegram()
     env = {**scenario.notifier_env, **(notifier_env or {})}
-    async with System(workdir, postgres, telegram, notifier_env=env, cluster=scenario.cluster) as system:
+    async with System(
+        workdir, postgres, telegram, notifier_env=env, cluster=scenario.cluster, replicas=scenario.replicas
+    ) as system:
         load = Load(system.web.url, changes, rate, workers=workers, label=scenario.name)
         async with asyncio.TaskGroup() as group:
             group.create_task(load.run())
