@@ -106,7 +106,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
             stack.push_async_callback(jetstream.unbind)
             state = await js.key_value(subjects.STATE_BUCKET)
             route = ChatRoute(chat_id, state)
-            await route.load()
+            if await _until_stopped(_load_route(route), stop) is None:
+                return 0
             pacer = Pacer(state, gate, settings.telegram_chat_rate, settings.telegram_group_rate)
             source, sent_log = jetstream, SentLog(await js.key_value(subjects.SENT_BUCKET), js)
         paced = settings.notifier_sink == "telegram" and pacer.paces(route.current)
@@ -202,6 +203,19 @@ async def _wait_for_topology(nc: Client) -> bool:
         else:
             return True
         await asyncio.sleep(TOPOLOGY_RETRY)
+
+
+async def _load_route(route: ChatRoute) -> bool:
+    """Read the chat's migration from KV, retried while the bucket does not answer yet (a cluster that has
+    just created it may still be electing its leader: a read then times out)."""
+    while True:
+        try:
+            await route.load()
+        except Exception as error:
+            log.warning("topology.not_ready", error=str(error) or type(error).__name__, retry_in=TOPOLOGY_RETRY)
+            await asyncio.sleep(TOPOLOGY_RETRY)
+        else:
+            return True
 
 
 async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

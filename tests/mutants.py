@@ -66,6 +66,29 @@ MUTANTS: list[Mutant] = [
         '"SELECT pg_try_advisory_xact_lock($1) AS locked", [RELAY_LOCK_KEY]',
         '"SELECT $1::bigint IS NOT NULL AS locked", [RELAY_LOCK_KEY]',
         (f"{WEB}/test_relay_processes.py::test_two_api_processes_on_one_database_publish_each_event_once",),
+        # and no leader either: each replica relays as if it were alone (either layer is enough on its own)
+        more=(
+            (
+                "leadership = None if settings.is_sqlite else Leadership(settings.database_url, wakeup)",
+                "leadership = None",
+            ),
+        ),
+    ),
+    Mutant(
+        "candidates-ask-per-commit",
+        "guarantees: database → stream (replicas that do not relay pay nothing per commit)",
+        "web/leader.py",
+        "if not now and time.monotonic() - self._tried_at < self.claim_interval:",
+        "if False:",
+        (f"{WEB}/test_leader.py::test_one_replica_leads_hears_every_commit_and_hands_over_when_its_session_ends",),
+    ),
+    Mutant(
+        "no-outbox-notify",
+        "guarantees: database → stream (the leader hears every replica's commits)",
+        "web/migrations/0002_outbox_notify.py",
+        "await editor.client.execute_script(sql)",
+        "return",
+        (f"{WEB}/test_leader.py::test_one_replica_leads_hears_every_commit_and_hands_over_when_its_session_ends",),
     ),
     Mutant(
         "new-msg-id-per-publish",

@@ -31,6 +31,10 @@ class Metrics:
             "nats_connected", "1 while the API is connected to NATS (0: events wait in the outbox; the API serves)",
             registry=self.registry,
         )  # fmt: skip
+        self.relay_leader = Gauge(
+            "outbox_relay_leader", "1 while this replica relays the outbox (one replica at a time on PostgreSQL)",
+            registry=self.registry,
+        )  # fmt: skip
         self.published = Counter("outbox_published", "Events acked by NATS", ("mode",), registry=self.registry)
         self.publish_failures = Counter(
             "outbox_publish_failures", "Relay batches that failed to publish (retried with backoff)",

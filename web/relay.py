@@ -5,8 +5,9 @@ milliseconds; a sweep every `SWEEP_INTERVAL` picks up rows left by a crash or by
 Rows are read in batches, published by web.publisher (pipelined, `Nats-Msg-Id` = the event id)
 and deleted in one statement once acked. Anything
 that fails stays in the table and is retried with backoff; the stream's duplicate window makes a
-retry of an already stored event harmless. On PostgreSQL a transaction-level advisory lock lets
-one replica relay at a time.
+retry of an already stored event harmless. On PostgreSQL one replica relays (web.leader elects it and
+wakes it on every replica's commits; the others do nothing per commit), and each batch runs under a
+transaction-level advisory lock, so two relays never overlap even while leadership changes hands.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tortoise.transactions import in_transaction
 from web import db
 from web.broker import Broker
 from web.keys import BROKER, METRICS, OUTBOX_WAKEUP, SETTINGS
+from web.leader import Leadership
 from web.metrics import Metrics
 from web.models import OutboxEvent
 from web.publisher import NoStreamError, Publisher
@@ -47,8 +49,12 @@ RELAY_LOCK_KEY = 0x6F7574626F78
 
 
 class Relay:
-    def __init__(self, broker: Broker, metrics: Metrics, wakeup: asyncio.Event) -> None:
+    def __init__(
+        self, broker: Broker, metrics: Metrics, wakeup: asyncio.Event, leadership: Leadership | None = None
+    ) -> None:
         self.broker = broker
+        # None: this process is the only relay (SQLite)
+        self.leadership = leadership
         self._publisher: Publisher | None = None
         self.metrics = metrics
         self.wakeup = wakeup
@@ -81,6 +87,12 @@ class Relay:
                 await self._sample_backlog()
                 continue
             try:
+                if not await self._leads():
+                    # another replica relays, this one's commits included (they notify it)
+                    await self._sample_backlog()
+                    if self.stopped.is_set():
+                        return
+                    continue
                 await _isolated(self.flush())
                 await self._sample_backlog()
                 backoff = BACKOFF_START
@@ -93,6 +105,12 @@ class Relay:
                 backoff = min(backoff * 2, BACKOFF_MAX)
             if self.stopped.is_set() and not self.wakeup.is_set():
                 return  # stopped, and nothing was committed since the last flush began
+
+    async def _leads(self) -> bool:
+        """Whether this replica relays now (a candidate asks at most once per claim interval, and once at stop)."""
+        leads = True if self.leadership is None else await self.leadership.claim(now=self.stopped.is_set())
+        self.metrics.relay_leader.set(int(leads))
+        return leads
 
     async def _sample_backlog(self) -> None:
         """Set the backlog gauge, at most once per SAMPLE_INTERVAL, whatever the rate of commits (a gauge
@@ -195,7 +213,10 @@ async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
     if app[SETTINGS].nats_url is None:
         yield
         return
-    relay = Relay(app[BROKER], app[METRICS], app[OUTBOX_WAKEUP])
+    settings = app[SETTINGS]
+    wakeup = app[OUTBOX_WAKEUP]
+    leadership = None if settings.is_sqlite else Leadership(settings.database_url, wakeup)
+    relay = Relay(app[BROKER], app[METRICS], wakeup, leadership)
     task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield
     relay.stop()
@@ -208,3 +229,5 @@ async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if leadership is not None:
+            await leadership.close()

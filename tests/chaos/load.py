@@ -84,7 +84,12 @@ class Load:
     label: str = "chaos"
     ledger: Ledger = field(default_factory=Ledger)
 
+    # more API replicas behind one Service: requests go round-robin over `endpoints` (base_url first)
+    more_urls: list[str] = field(default_factory=list)
+
     def __post_init__(self) -> None:
+        self.endpoints = [self.base_url, *self.more_urls]
+        self._turns = itertools.count()
         self._slots = itertools.count()
         self._done = 0
         self._started = 0.0
@@ -152,7 +157,8 @@ class Load:
     async def _attempt(self, session: aiohttp.ClientSession, attempt: Attempt) -> Attempt:
         """Send it and record what came back."""
         method = {Change.CREATED: "POST", Change.UPDATED: "PUT", Change.DELETED: "DELETE"}[attempt.change]
-        url = f"{self.base_url}/api/todos" + (f"/{attempt.todo_id}" if attempt.todo_id else "")
+        endpoint = self.endpoints[next(self._turns) % len(self.endpoints)]
+        url = f"{endpoint}/api/todos" + (f"/{attempt.todo_id}" if attempt.todo_id else "")
         attempt.at = time.monotonic()
         trace = SimpleNamespace(sent=False)
         try:

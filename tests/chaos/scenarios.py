@@ -16,6 +16,7 @@ so holding events alive (in_progress) through it is exercised as in the real one
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,7 @@ class Scenario:
     rules: Callable[[Report], list[str]] = _no_rules  # the scenario's own requirements: each broken one, in words
     cluster: bool = False  # run on a three-node JetStream cluster, the topology R3
     replicas: int = 3  # notifier replicas started (a scenario may stop and start some)
+    apis: int = 1  # API replicas on the one database, the load spread over them
 
     def heading(self, facts: Mapping[str, Any] | None = None) -> str:
         """The title with the facts it names filled in ("N" for those not known)."""
@@ -132,6 +134,18 @@ def _scale_rules(report: Report) -> list[str]:
     return [] if report.facts.get("replicas") == [1, 5, 2] else [f"scaled {report.facts.get('replicas')}, not 1, 5, 2"]
 
 
+async def _relay_leader_killed(system: System, load: Load) -> None:
+    await load.reached(0.4)
+    await system.kill_relay_leader(load)
+
+
+def _relay_rules(report: Report) -> list[str]:
+    handover = report.facts.get("relay_handover_s")
+    if handover is None:
+        return ["no relay leader was killed"]
+    return [] if handover <= RELAY_HANDOVER_WITHIN else [f"another replica relayed only after {handover} s"]
+
+
 async def _rolling_restart(system: System, load: Load) -> None:
     await load.reached(0.2)
     await system.rolling_restart()
@@ -173,6 +187,8 @@ AWAKE_TIMEOUT = 30.0  # a woken replica settles or lets go what it held within t
 NATS_DOWN_FOR = 8.0
 LEADER_DOWN_FOR = 10.0  # a stream leader's node: SIGKILLed, started again this much later
 NODE_HUNG_FOR = 20.0  # a node SIGSTOPped this long (a hung node, not a dead one)
+# the relay leader SIGKILLed: another API replica relays within this long (claim interval 1 s, plus a connection)
+RELAY_HANDOVER_WITHIN = 2.0
 # a replica that pauses sends only what it had in flight when the first refusal came: a handful, not
 # one per event per probe; nor is a delivery spent while events are held
 REFUSED_SENDS_PER_REPLICA = 16
@@ -367,6 +383,14 @@ SCENARIOS = [
         cluster=True,
     ),
     Scenario(
+        "relay_leader",
+        "2 API replicas: the one relaying the outbox SIGKILLed (another relays after {relay_handover_s} s)",
+        _relay_leader_killed,
+        duplicates=Duplicates.NONE,
+        rules=_relay_rules,
+        apis=2,
+    ),
+    Scenario(
         "scale",
         "notifier scaled 1 -> 5 -> 2 under load (SIGTERM and new replicas)",
         _scale,
@@ -455,6 +479,7 @@ class Report:
     refused_sends: int = 0  # sendMessage requests Telegram answered with an error
     notifier_logs: dict[str, dict[str, int]] = field(default_factory=dict)  # replica -> watched log event -> count
     facts: dict[str, Any] = field(default_factory=dict)  # what the scenario noted
+    longest_gap: float | None = None  # the longest time between two messages reaching Telegram, seconds
 
     @property
     def server_errors(self) -> dict[int, int]:
@@ -631,9 +656,16 @@ async def run(
     telegram = scenario.telegram()
     env = {**scenario.notifier_env, **(notifier_env or {})}
     async with System(
-        workdir, postgres, telegram, notifier_env=env, cluster=scenario.cluster, replicas=scenario.replicas
+        workdir,
+        postgres,
+        telegram,
+        notifier_env=env,
+        cluster=scenario.cluster,
+        replicas=scenario.replicas,
+        apis=scenario.apis,
     ) as system:
-        load = Load(system.web.url, changes, rate, workers=workers, label=scenario.name)
+        more = [proc.url for proc in system.webs[1:]]
+        load = Load(system.web.url, changes, rate, workers=workers, label=scenario.name, more_urls=more)
         async with asyncio.TaskGroup() as group:
             group.create_task(load.run())
             group.create_task(scenario.faults(system, load))
@@ -675,6 +707,7 @@ async def run(
         injected=dict(telegram.injected),
         settled=settling.settled,
         seconds=time.monotonic() - started,
+        longest_gap=longest_gap([message.at for message in telegram.sent]),
         settle_state="" if settling.settled else str(settling.last),
         redelivered=redelivered,
         requests=dict(by_method(telegram.requests)),
@@ -687,8 +720,14 @@ async def run(
 COLUMNS = (
     "scenario", "changes committed", "answer lost (committed)", "events in stream", "messages", "events delivered",
     "lost", "duplicates (causes; flagged)", "API 503s", "API other 5xx", "dead letters", "redelivered", "refused sends",
-    "seconds",
+    "longest gap in delivery (s)", "seconds",
 )  # fmt: skip
+
+
+def longest_gap(times: list[float]) -> float | None:
+    """The longest wait between two consecutive messages (by the time Telegram took them), if two were sent."""
+    ordered = sorted(times)
+    return max((b - a for a, b in itertools.pairwise(ordered)), default=None)
 
 
 def duplicates_cell(a: Audit) -> str:
@@ -715,7 +754,7 @@ def table(reports: list[Report]) -> str:
             report.title, a.committed, f"{a.unknown} ({a.unknown_committed})", a.in_stream, a.messages,
             a.delivered, lost, duplicates_cell(a), report.statuses.get(503, 0), sum(report.server_errors.values()),
             report.dead_letters, "?" if report.redelivered is None else report.redelivered, report.refused_sends,
-            f"{report.seconds:.0f}",
+            "?" if report.longest_gap is None else f"{report.longest_gap:.1f}", f"{report.seconds:.0f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines)

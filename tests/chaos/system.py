@@ -28,8 +28,9 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
+import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import nats
 import nats.errors
@@ -45,6 +46,9 @@ from tests.fake_telegram import RECORD
 from tests.processes import ROOT, Proc, ready_all, start_notifier, start_web, stop_all
 from tests.services import LOCALHOST, NatsServer, Postgres, free_port
 from tools.nats_cluster import NatsCluster
+
+if TYPE_CHECKING:
+    from tests.chaos.load import Load
 
 CHAT_ID = -1001234567890
 # the fake enforces no rate limit, so the notifiers need not pace (Telegram's 20 messages/min for a group
@@ -95,6 +99,7 @@ class System:
     replicas: int = 3
     notifier_env: dict[str, str] = field(default_factory=dict)
     cluster: bool = False  # a three-node JetStream cluster (R3 topology) instead of one nats-server
+    apis: int = 1  # API replicas (python -m web) on the one database
     faults: list[Fault] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     senders: dict[int, Sender] = field(default_factory=dict)  # message_id -> the replica that sent it
@@ -135,7 +140,13 @@ class System:
         names = [f"notifier-{i}" for i in range(self.replicas)]
         urls = await self._serve_telegram_per_replica(names)
         logs = self.workdir / "logs"
-        self.web = start_web(database_url=self.database_url, nats_url=self.nats_url, log_dir=logs)
+        self.webs = [
+            start_web(
+                database_url=self.database_url, nats_url=self.nats_url, log_dir=logs, name=f"web-{i}" if i else "web"
+            )
+            for i in range(self.apis)
+        ]
+        self.web = self.webs[0]
         self.notifiers = [
             start_notifier(
                 nats_url=self.nats_url,
@@ -152,8 +163,8 @@ class System:
 
     async def __aexit__(self, *exc: object) -> None:
         """Stop whatever was started (all of it, or what a failed start got to)."""
-        started = [getattr(self, "web", None), *getattr(self, "notifiers", [])]
-        await stop_all([proc for proc in started if proc is not None], timeout=15)
+        started = [*getattr(self, "webs", []), *getattr(self, "notifiers", [])]
+        await stop_all(started, timeout=15)
         if self._replica_runner is not None:
             await self._replica_runner.cleanup()
         await self.telegram.stop()
@@ -182,7 +193,7 @@ class System:
 
     @property
     def procs(self) -> list[Proc]:
-        return [self.web, *self.notifiers]
+        return [*self.webs, *self.notifiers]
 
     # faults, each recorded with its time span
 
@@ -193,6 +204,28 @@ class System:
         replica = proc.name if proc in self.notifiers else ""
         self.faults.append(Fault(f"SIGKILL {proc.name}", at, at, replica=replica, signal="SIGKILL" if replica else ""))
         await proc.start().ready()
+
+    async def kill_relay_leader(self, load: Load) -> None:
+        """SIGKILL the API replica that relays the outbox (its /metrics says outbox_relay_leader 1) and take it
+        out of the load's endpoints, as a Service does; note how long until another replica relays; start it
+        again and give it back its share of the load."""
+        while True:
+            leaders = [proc for proc in self.webs if await _relay_leader(proc.url)]
+            if leaders:
+                break
+            await asyncio.sleep(0.05)
+        leader = leaders[0]
+        at = time.monotonic()
+        leader.kill()
+        load.endpoints.remove(leader.url)
+        survivors = [proc for proc in self.webs if proc is not leader]
+        while not any([await _relay_leader(proc.url) for proc in survivors]):
+            await asyncio.sleep(0.05)
+        self.facts["relay_handover_s"] = round(time.monotonic() - at, 2)
+        await asyncio.sleep(2.0)
+        await leader.start().ready()
+        load.endpoints.append(leader.url)
+        self.faults.append(Fault(f"SIGKILL {leader.name} (the relay leader)", at, time.monotonic()))
 
     async def restart_nats(self, down_for: float) -> None:
         """Stop nats-server, keep it down `down_for` seconds, start it on the same port with the same data."""
@@ -380,6 +413,19 @@ class System:
     async def todo_rows(self) -> dict[str, dict[str, Any]]:
         """The final todos, read from the database (not through the API under test), by id."""
         return await read_todos(self.database_url)
+
+
+async def _relay_leader(url: str) -> bool:
+    """Whether the API process at `url` relays the outbox now (False if it does not answer)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+            http.get(f"{url}/metrics") as response,
+        ):
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+    return any(line.split()[-1] == "1.0" for line in text.splitlines() if line.startswith("outbox_relay_leader "))
 
 
 async def read_todos(database_url: str) -> dict[str, dict[str, Any]]:

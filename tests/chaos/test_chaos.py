@@ -25,6 +25,7 @@ from tests.chaos.scenarios import (
     BY_NAME,
     REDELIVERIES_PER_REPLICA,
     REFUSED_SENDS_PER_REPLICA,
+    RELAY_HANDOVER_WITHIN,
     Report,
     run,
     table,
@@ -116,6 +117,15 @@ async def test_three_node_cluster(name: str, chaos_postgres: Postgres, tmp_path:
     assert report.faults
     assert report.audit.duplicates == 0, describe(report)
     assert sum(report.statuses.get(status, 0) for status in (500, 502, 503, 504)) == 0, describe(report)
+
+
+async def test_relay_leader_killed(chaos_postgres: Postgres, tmp_path: Path) -> None:
+    """Two API replicas behind one endpoint list: the one relaying the outbox SIGKILLed mid-run; the other
+    relays within RELAY_HANDOVER_WITHIN (2 s), nothing lost or doubled, and the killed one rejoins."""
+    report = await _run("relay_leader", chaos_postgres, tmp_path)
+    assert report.faults
+    assert report.facts["relay_handover_s"] <= RELAY_HANDOVER_WITHIN, describe(report)
+    assert report.audit.duplicates == 0, describe(report)
 
 
 async def test_flaky_telegram(chaos_postgres: Postgres, tmp_path: Path) -> None:

@@ -8,8 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError
 from telegram.error import BadRequest, NetworkError, TimedOut
 
+from notifier import replica
 from notifier.chats import ChatGate, ChatRoute
 from notifier.metrics import Metrics
 from notifier.pacing import Pacer
@@ -211,3 +215,21 @@ async def test_a_first_delivery_is_marked_without_a_lookup_and_a_found_record_is
     source, sink, sent_log = Source("e1"), Sink(), SentLog(Record.SENT)
     await run_for(0.3, source, sink, sent_log)
     assert (sent_log.looked_up, sent_log.writes, sink.texts, source.calls) == (["e1"], [], [], ["ack"])
+
+
+async def test_the_chat_route_is_read_again_while_a_new_bucket_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Right after bootstrap on a cluster, the state bucket may still be electing its leader and a read
+    times out: the replica waits and reads again (it used to exit 1, and `just up --cluster` with it)."""
+    monkeypatch.setattr(replica, "TOPOLOGY_RETRY", 0.01)
+    answers: list[BaseException] = [NatsTimeoutError(), NatsTimeoutError(), KeyNotFoundError()]
+
+    class Bucket:
+        async def get(self, key: str) -> object:
+            raise answers.pop(0)
+
+    route = ChatRoute(-100, Bucket())  # type: ignore[arg-type]
+    assert await replica._load_route(route)
+    assert answers == [], "read until the bucket answered"
+    assert route.current == -100

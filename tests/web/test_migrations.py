@@ -19,7 +19,7 @@ async def test_fresh_database_gets_the_schema(make_client: ClientFactory, databa
     again = await make_client(database_url)
     assert len(await (await again.get("/api/todos")).json()) == 1
     applied = await sql(database_url, "SELECT app, name FROM tortoise_migrations")
-    assert [(row["app"], row["name"]) for row in applied] == [("web", "0001_initial")]
+    assert [(row["app"], row["name"]) for row in applied] == [("web", "0001_initial"), ("web", "0002_outbox_notify")]
 
 
 async def test_replicas_starting_together_both_succeed(make_client: ClientFactory, database_url: str) -> None:
@@ -29,4 +29,4 @@ async def test_replicas_starting_together_both_succeed(make_client: ClientFactor
         assert (await client.post("/api/todos", json={"task": "x"})).status == 201
     assert len(await (await clients[0].get("/api/todos")).json()) == 3
     applied = await sql(database_url, "SELECT name FROM tortoise_migrations")
-    assert [row["name"] for row in applied] == ["0001_initial"]
+    assert [row["name"] for row in applied] == ["0001_initial", "0002_outbox_notify"]

@@ -111,9 +111,15 @@ async def test_two_api_processes_on_one_database_publish_each_event_once(
 
         events = await wait_until_settled(jetstream.url, database_url)
         published = await core_tap.caught_up()
+        # one replica relayed everything, the other's commits included: it was woken by them, not polled
+        leading = [await _metric(http, api.url, "outbox_relay_leader") for api in apis]
+        relayed = [await _metric(http, api.url, "outbox_published_total") for api in apis]
     finally:
         await stop_all(apis)
 
+    assert sorted(leading) == [0.0, 1.0], leading
+    assert relayed[leading.index(0.0)] == 0, "a replica that does not lead publishes nothing"
+    assert relayed[leading.index(1.0)] == len(answers)
     copies = Counter(published)
     assert {msg_id: n for msg_id, n in copies.items() if n > 1} == {}, "events published more than once"
     assert len(events) == len(answers)
@@ -121,6 +127,15 @@ async def test_two_api_processes_on_one_database_publish_each_event_once(
     assert sorted(json.dumps(e.payload, sort_keys=True) for e in events) == sorted(
         json.dumps(answer, sort_keys=True) for answer in answers
     )
+
+
+async def _metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    """The sum of a metric's samples (all label values) on one API process's /metrics."""
+    async with http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    samples = [line.split()[-1] for line in text.splitlines() if line.startswith((f"{name} ", f"{name}{{"))]
+    assert samples, f"{name} is not in {url}/metrics"
+    return sum(float(value) for value in samples)
 
 
 async def _delete_waiting_on_a_row_lock(database_url: str) -> list[int]:
