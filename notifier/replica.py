@@ -35,6 +35,7 @@ from notifier.settings import Settings
 from notifier.sinks import make_sink
 from streams import subjects
 from streams.connection import connect, server_info
+from streams.permissions import NOTIFIER
 
 log = structlog.get_logger("notifier")
 T = TypeVar("T")
@@ -77,7 +78,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
             for source in source_box:
                 await source.on_reconnected()
 
-        nc = await _until_stopped(connect(settings, name="todo-notifier", on_reconnected=reconnected), stop)
+        nc = await _until_stopped(
+            connect(settings, name="todo-notifier", identity=NOTIFIER, on_reconnected=reconnected), stop
+        )
         if nc is None:
             return 0
         stack.push_async_callback(_close, nc)

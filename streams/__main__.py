@@ -16,6 +16,7 @@ from nats.js.errors import NotFoundError
 from streams import subjects, topology
 from streams.connection import connect, redact_url
 from streams.logs import configure_logging
+from streams.permissions import STREAMS
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ async def _connect(settings: Settings, wait: float) -> Any:
             # every server of a comma-separated NATS_URL gets its try (nats-py gives up after the first failed
             # handshake when reconnecting is off: a hung node would fail the command half the time)
             return await asyncio.wait_for(
-                connect(settings, name="streams-cli", allow_reconnect=True, max_reconnect_attempts=1),
+                connect(settings, name="streams-cli", identity=STREAMS, allow_reconnect=True, max_reconnect_attempts=1),
                 timeout=ATTEMPT_TIMEOUT * (len(settings.servers) + 1),
             )
         except (OSError, TimeoutError, nats.errors.Error):

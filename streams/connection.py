@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.logs import register_secret
+from streams.permissions import inbox_prefix
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,8 @@ class NatsSettings(BaseSettings):
     nats_creds: Path | None = Field(default=None, validation_alias="NATS_CREDS")
     nats_tls_ca: Path | None = Field(default=None, validation_alias="NATS_TLS_CA")
     nats_stream_replicas: int = Field(default=1, ge=1, le=5, validation_alias="NATS_STREAM_REPLICAS")
+    # TLS before the server's first word (nats-server `tls { handshake_first: true }`, 2.10.4+)
+    nats_tls_handshake_first: bool = Field(default=False, validation_alias="NATS_TLS_HANDSHAKE_FIRST")
 
     @field_validator("nats_url")
     @classmethod
@@ -132,17 +135,44 @@ def url_secrets(url: str) -> list[str]:
     return found
 
 
+class PlainTextRefusedError(ConnectionError):
+    """A tls:// server that does not offer TLS: refused before CONNECT (and its credentials) is sent."""
+
+
+class _Client(Client):
+    """nats-py's client, with one more guard: for a `tls://` server it upgrades only when the server's INFO
+    asks for TLS, and otherwise sends CONNECT (with the user's password or token) in clear text. Here a
+    tls:// server whose INFO does not require TLS is refused right after INFO, before CONNECT, at the
+    first connect and at every reconnect."""
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        server = self._current_server
+        if (
+            initial_connection
+            and server is not None
+            and server.uri.scheme == "tls"
+            and not self.options.get("tls_handshake_first")
+            and not info.get("tls_required")
+        ):
+            raise PlainTextRefusedError("NATS_URL says tls:// but the server did not negotiate TLS")
+        await super()._process_info(info, initial_connection)
+
+
 async def connect(  # noqa: C901, PLR0913 - keyword-only options of one call
     settings: NatsSettings,
     *,
     name: str,
+    identity: str,
     on_disconnected: Callback | None = None,
     on_reconnected: Callback | None = None,
     connect_timeout: float = 2.0,
     allow_reconnect: bool = True,
     max_reconnect_attempts: int = -1,
 ) -> Client:
-    """Connect with reconnects forever; every state change is logged."""
+    """Connect with reconnects forever; every state change is logged.
+
+    `identity` (streams.permissions: web, notifier, streams) names the inbox this process reads its
+    replies on, `_INBOX.<identity>.`, the only one its NATS user may subscribe to."""
 
     async def disconnected() -> None:
         log.warning("nats.disconnected")
@@ -154,7 +184,11 @@ async def connect(  # noqa: C901, PLR0913 - keyword-only options of one call
         if on_reconnected is not None:
             await on_reconnected()
 
+    refused: list[PlainTextRefusedError] = []
+
     async def error(exc: Exception) -> None:
+        if isinstance(exc, PlainTextRefusedError):
+            refused.append(exc)
         log.warning("nats.error", error=str(exc) or type(exc).__name__)
 
     async def closed() -> None:
@@ -170,11 +204,13 @@ async def connect(  # noqa: C901, PLR0913 - keyword-only options of one call
         options["user_credentials"] = str(settings.nats_creds)
     if settings.nats_tls_ca is not None:
         options["tls"] = ssl.create_default_context(cafile=str(settings.nats_tls_ca))
-    nc = Client()
+    nc = _Client()
     try:
         await nc.connect(
             servers=settings.servers,
             name=name,
+            inbox_prefix=inbox_prefix(identity),
+            tls_handshake_first=settings.nats_tls_handshake_first,
             connect_timeout=connect_timeout,  # type: ignore[arg-type]  # nats-py types it int; it takes seconds
             allow_reconnect=allow_reconnect,
             max_reconnect_attempts=max_reconnect_attempts,
@@ -187,14 +223,12 @@ async def connect(  # noqa: C901, PLR0913 - keyword-only options of one call
             closed_cb=closed,
             **options,
         )
-    except BaseException:
+    except BaseException as exc:
         # cancelled (SIGTERM, an app stopping) or failed half-way: nats-py leaves its socket open
         with contextlib.suppress(Exception):
             await nc.close()
+        if refused and isinstance(exc, Exception):
+            raise refused[-1] from None  # the reason, rather than nats-py's "no servers available"
         raise
-    if any(url.startswith("tls://") for url in settings.servers) and not server_info(nc).get("tls_required"):
-        # nats-py upgrades only when the server demands TLS: never send credentials in the clear to a tls:// URL
-        await nc.close()
-        raise ConnectionError("NATS_URL says tls:// but the server did not negotiate TLS")
     log.info("nats.connected", servers=[redact_url(url) for url in settings.servers], name=name)
     return nc

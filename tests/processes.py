@@ -31,7 +31,8 @@ from typing import Self
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
-from tests.services import LOCALHOST, free_port
+from streams.permissions import NOTIFIER, WEB
+from tests.services import LOCALHOST, as_identity, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0  # generous: the suite runs on busy machines
@@ -196,7 +197,8 @@ def start_web(
     port = port or free_port()
     settings: dict[str, str | None] = {
         "DATABASE_URL": database_url,
-        "NATS_URL": nats_url,  # None: no NATS, even if the caller's environment has one
+        # as the `web` NATS user (None: no NATS, even if the caller's environment has one)
+        "NATS_URL": None if nats_url is None else as_identity(nats_url, WEB),
         "HOST": LOCALHOST,
         "PORT": str(port),
         "LOG_FORMAT": "json",
@@ -220,7 +222,7 @@ def start_notifier(
     port_variable = None if port else "NOTIFIER_PORT"
     port = port or free_port()
     settings: dict[str, str | None] = {
-        "NATS_URL": nats_url,
+        "NATS_URL": as_identity(nats_url, NOTIFIER),  # as the `notifier` NATS user
         "TELEGRAM_ACCESS_TOKEN": token,
         "TELEGRAM_CHAT_ID": str(chat_id),
         "TELEGRAM_API_BASE_URL": telegram_base_url,

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
+from streams.permissions import NOTIFIER, STREAMS, WEB
+from tools.nats_auth import authorization, new_passwords, with_user
 from tools.nats_cluster import NatsCluster
 
 LOCALHOST = "127.0.0.1"
@@ -64,6 +66,22 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {LOCALHOST}:{port} after {timeout}s") from None
             time.sleep(0.02)
+
+
+# Every nats-server of the tests runs with the system's users and permissions (streams.permissions): the
+# web and notifier processes the tests start connect as `web` and `notifier` (processes.py), so the whole
+# suite runs them under least privilege. The tests' own clients send no credentials and are the
+# unrestricted `harness` user. The passwords are new for each test session and are checked to appear in
+# no process log (tests/conftest.py).
+HARNESS = "harness"
+NATS_PASSWORDS = new_passwords(HARNESS)
+NATS_AUTH = authorization(NATS_PASSWORDS, no_auth_user=HARNESS, unrestricted=(HARNESS,))
+
+
+def as_identity(url: str, identity: str) -> str:
+    """A test server's URL (or comma-separated list) with `identity`'s user and password: web, notifier, streams."""
+    assert identity in (WEB, NOTIFIER, STREAMS), identity
+    return with_user(url, identity, NATS_PASSWORDS[identity])
 
 
 def _nats_server_binary() -> str:
@@ -109,7 +127,20 @@ class NatsServer:
         ports_dir = self.store_dir / "ports"
         ports_dir.mkdir(exist_ok=True)
         port = "-1" if self._port is None else str(self._port)
-        args = [_nats_server_binary(), "-a", LOCALHOST, "-p", port, "--ports_file_dir", str(ports_dir)]
+        config = self.store_dir / "auth.conf"
+        config.write_text(NATS_AUTH)
+        config.chmod(0o600)
+        args = [
+            _nats_server_binary(),
+            "-c",
+            str(config),
+            "-a",
+            LOCALHOST,
+            "-p",
+            port,
+            "--ports_file_dir",
+            str(ports_dir),
+        ]
         if self.jetstream:
             args += ["-js", "-sd", str(self.store_dir)]
         with self.log_path.open("ab") as log:
@@ -285,5 +316,5 @@ def throwaway_cluster(prefix: str = "todo-events-nats-cluster-") -> Iterator[Nat
 
     NATS_URL for it is `cluster.url`: every node's URL, comma separated.
     """
-    with tempfile.TemporaryDirectory(prefix=prefix) as root, NatsCluster(Path(root)) as cluster:
+    with tempfile.TemporaryDirectory(prefix=prefix) as root, NatsCluster(Path(root), auth=NATS_AUTH) as cluster:
         yield cluster

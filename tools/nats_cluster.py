@@ -142,6 +142,7 @@ class NatsCluster:
         client_ports: Sequence[int] | None = None,
         max_memory_store: str = "64MB",
         max_file_store: str = "1GB",
+        auth: str = "",
     ) -> None:
         if client_ports is not None and len(client_ports) != size:
             raise ValueError(f"{size} client ports needed, got {len(client_ports)}")
@@ -149,6 +150,7 @@ class NatsCluster:
         self.name = name
         self.max_memory_store = max_memory_store
         self.max_file_store = max_file_store
+        self.auth = auth  # an authorization block (tools/nats_auth.py), written into every node's config
         cluster_ports = free_ports(size)
         self.nodes = [
             NatsNode(
@@ -216,7 +218,8 @@ cluster {{
 {routes}
   ]
 }}
-"""
+
+{self.auth}"""
 
     # -- processes ---------------------------------------------------------------------------------
 
@@ -320,6 +323,7 @@ cluster {{
             return
         node.ports_dir.mkdir(parents=True, exist_ok=True)
         node.config_path.write_text(self.config(node))
+        node.config_path.chmod(0o600)  # it may hold passwords
         node.log_offset = node.log_path.stat().st_size if node.log_path.exists() else 0
         with node.log_path.open("ab") as log:
             node.process = subprocess.Popen(  # noqa: S603 - our binary, our arguments

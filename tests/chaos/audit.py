@@ -23,6 +23,7 @@ deleted last, nothing after it.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
@@ -34,6 +35,8 @@ from enum import StrEnum
 from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import ServiceUnavailableError
 
 from notifier.formatting import MAY_REPEAT_NOTE
 from streams import subjects
@@ -66,11 +69,23 @@ class StreamEvent:
         return key(self.change, self.payload)
 
 
+async def _get_msg(js: JetStreamContext, stream: str, seq: int, attempts: int = 50) -> RawStreamMsg:
+    """One stored message; a cluster that has just got a node back may answer 503 for a moment."""
+    for attempt in range(attempts):
+        try:
+            return await js.get_msg(stream, seq)
+        except ServiceUnavailableError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 async def read_stream(js: JetStreamContext, stream: str = subjects.STREAM) -> list[StreamEvent]:
     info = await js.stream_info(stream)
     events = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(stream, seq)
+        msg = await _get_msg(js, stream, seq)
         assert msg.subject is not None
         assert msg.data is not None
         msg_id = (msg.headers or {}).get(subjects.MSG_ID_HEADER, "")

@@ -44,7 +44,7 @@ from streams import payload, subjects, topology
 from tests.chaos.telegram_faults import FaultyTelegram, HookedTelegram
 from tests.fake_telegram import RECORD
 from tests.processes import ROOT, Proc, ready_all, start_notifier, start_web, stop_all
-from tests.services import LOCALHOST, NatsServer, Postgres, free_port
+from tests.services import LOCALHOST, NATS_AUTH, NatsServer, Postgres, free_port
 from tools.nats_cluster import NatsCluster
 
 if TYPE_CHECKING:
@@ -110,7 +110,9 @@ class System:
     async def __aenter__(self) -> Self:
         self.database_url = self.postgres.create_database(f"chaos_{uuid.uuid4().hex[:10]}")
         self.nats: NatsServer | NatsCluster = (
-            NatsCluster(self.workdir / "nats").start() if self.cluster else NatsServer(self.workdir / "nats").start()
+            NatsCluster(self.workdir / "nats", auth=NATS_AUTH).start()
+            if self.cluster
+            else NatsServer(self.workdir / "nats").start()
         )
         self.nats_url = self.nats.url  # a cluster's: all three nodes, comma separated
         try:

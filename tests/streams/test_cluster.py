@@ -22,7 +22,7 @@ from nats.js.api import PubAck
 
 from streams import subjects, topology
 from streams.connection import NatsSettings, connect, server_info
-from tests.services import NatsCluster, NatsServer, refusing_port
+from tests.services import NATS_AUTH, NatsCluster, NatsServer, refusing_port
 from tests.web.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -39,14 +39,14 @@ NODES = {"n1", "n2", "n3"}
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """Three nats-servers routed into one JetStream cluster; ready (meta leader elected) when yielded."""
-    with NatsCluster(tmp_path_factory.mktemp("nats-cluster")) as running:
+    with NatsCluster(tmp_path_factory.mktemp("nats-cluster"), auth=NATS_AUTH) as running:
         yield running
 
 
 @pytest_asyncio.fixture
 async def client(cluster: NatsCluster) -> AsyncIterator[Client]:
     """A client as every process connects: streams.connection.connect with the comma-separated NATS_URL."""
-    nc = await connect(NatsSettings.model_validate({"NATS_URL": cluster.url}), name="test-cluster")
+    nc = await connect(NatsSettings.model_validate({"NATS_URL": cluster.url}), name="test-cluster", identity="streams")
     try:
         yield nc
     finally:
@@ -77,7 +77,7 @@ def block_of(text: str, heading: str) -> list[str]:
 
 def test_cluster_config_routes_each_node_to_the_other_two(tmp_path) -> None:
     """Each node's config: its server_name, its own store dir, a cluster port, routes to the two others."""
-    nodes = NatsCluster(tmp_path)
+    nodes = NatsCluster(tmp_path, auth=NATS_AUTH)
     configs = {node.name: nodes.config(node) for node in nodes.nodes}
 
     assert set(configs) == NODES
@@ -155,7 +155,7 @@ async def test_cluster_comma_separated_nats_url_connects_past_a_dead_node(cluste
     settings = NatsSettings.model_validate({"NATS_URL": " , ".join(cluster.urls)})
     assert settings.servers == cluster.urls
 
-    nc = await connect(settings, name="test-cluster-url")
+    nc = await connect(settings, name="test-cluster-url", identity="streams")
     try:
         assert server_info(nc).get("cluster") == cluster.name
         assert nc.connected_url is not None
@@ -168,7 +168,7 @@ async def test_cluster_comma_separated_nats_url_connects_past_a_dead_node(cluste
     with refusing_port() as port:  # a node that is down: its port refuses connections
         down = NatsSettings.model_validate({"NATS_URL": f"nats://127.0.0.1:{port}," + cluster.url})
         for _ in range(5):  # nats-py shuffles the list: the dead URL comes first in some of the tries
-            nc = await connect(down, name="test-cluster-url-down")
+            nc = await connect(down, name="test-cluster-url-down", identity="streams")
             try:
                 assert nc.connected_url is not None
                 assert nc.connected_url.port != port
@@ -180,7 +180,7 @@ async def test_cluster_cli_answers_with_a_hung_node_in_the_list(cluster: NatsClu
     """A node that accepts TCP but never answers (SIGSTOP): the CLI tries the other servers of NATS_URL. With
     nats-py's reconnect off it gave up after the first failed handshake: half the runs failed."""
     settings = NatsSettings.model_validate({"NATS_URL": cluster.url})
-    nc = await connect(settings, name="test-cluster-hung")
+    nc = await connect(settings, name="test-cluster-hung", identity="streams")
     try:
         js = nc.jetstream()
         await topology.bootstrap(js, 3)

@@ -7,6 +7,8 @@ import contextlib
 import gc
 from typing import Self
 
+import pytest
+
 from streams import connection
 from streams.connection import NatsSettings
 from tests.services import LOCALHOST, NatsServer
@@ -105,7 +107,11 @@ async def test_half_open_connection_is_noticed_and_replaced(nats_server: NatsSer
     async with FreezableProxy(nats_server.port) as proxy:
         settings = NatsSettings.model_validate({"NATS_URL": proxy.url})
         nc = await connection.connect(
-            settings, name="test-half-open", on_disconnected=on_disconnected, on_reconnected=on_reconnected
+            settings,
+            name="test-half-open",
+            identity="streams",
+            on_disconnected=on_disconnected,
+            on_reconnected=on_reconnected,
         )
         try:
             assert nc.options["ping_interval"] == connection.PING_INTERVAL
@@ -155,7 +161,9 @@ async def test_connect_registers_the_passwords_of_every_server_for_redaction(nat
     from streams.logs import redact  # noqa: PLC0415
 
     url = f"nats://user:pw-{id(nats_server)}@127.0.0.1:1,{nats_server.url}"
-    nc = await connection.connect(NatsSettings(NATS_URL=url), name="redaction-test", max_reconnect_attempts=1)
+    nc = await connection.connect(
+        NatsSettings(NATS_URL=url), name="redaction-test", identity="streams", max_reconnect_attempts=1
+    )
     try:
         assert (
             redact(f"error at nats://user:pw-{id(nats_server)}@127.0.0.1:1")
@@ -163,3 +171,30 @@ async def test_connect_registers_the_passwords_of_every_server_for_redaction(nat
         )
     finally:
         await nc.close()
+
+
+async def test_a_tls_url_never_sends_its_credentials_to_a_server_that_does_not_offer_tls() -> None:
+    """A server (or someone in between) that answers a tls:// URL with a plain INFO: the client refuses
+    right after INFO, so CONNECT, and the password in it, never leave the machine. nats-py alone would
+    send CONNECT in clear text and only then could anyone notice."""
+    received = bytearray()
+
+    async def plain_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"x","version":"2.10.0","proto":1,"max_payload":1048576,"headers":true}\r\n')
+        await writer.drain()
+        with contextlib.suppress(Exception):
+            while chunk := await asyncio.wait_for(reader.read(4096), timeout=2):
+                received.extend(chunk)
+        writer.close()
+
+    server = await asyncio.start_server(plain_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = NatsSettings(NATS_URL=f"tls://web:pw-never-sent@127.0.0.1:{port}")
+        with pytest.raises(connection.PlainTextRefusedError):
+            await connection.connect(settings, name="tls-test", identity="web", max_reconnect_attempts=1)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert b"CONNECT" not in received
+    assert b"pw-never-sent" not in received

@@ -1,0 +1,35 @@
+-- The database's two roles, run once by a superuser with psql (the postgres pod's init script does, and
+-- so do the tests, from this one file):
+--   psql -v owner_password=... -v app_password=... -v database=todos -f postgres-roles.sql
+-- todos_owner owns the database and its schema and runs the migrations (`python -m web migrate`,
+-- DATABASE_MIGRATION_URL); todos_app is what the API connects as (DATABASE_URL): it reads and writes the
+-- tables the owner creates and can do nothing else (no DDL, no roles, no other database).
+\set ON_ERROR_STOP on
+
+SELECT format('CREATE ROLE todos_owner LOGIN PASSWORD %L', :'owner_password')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'todos_owner') \gexec
+SELECT format('CREATE ROLE todos_app LOGIN PASSWORD %L', :'app_password')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'todos_app') \gexec
+-- on a second run, the passwords follow the Secret
+ALTER ROLE todos_owner LOGIN PASSWORD :'owner_password' NOSUPERUSER NOCREATEDB NOCREATEROLE;
+ALTER ROLE todos_app LOGIN PASSWORD :'app_password' NOSUPERUSER NOCREATEDB NOCREATEROLE;
+
+SELECT format('CREATE DATABASE %I OWNER todos_owner', :'database')
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'database') \gexec
+ALTER DATABASE :"database" OWNER TO todos_owner;
+REVOKE ALL ON DATABASE :"database" FROM PUBLIC;
+GRANT CONNECT, TEMPORARY ON DATABASE :"database" TO todos_owner;
+GRANT CONNECT ON DATABASE :"database" TO todos_app;
+
+\connect :"database"
+ALTER SCHEMA public OWNER TO todos_owner;
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO todos_app;
+-- what the owner creates from now on (each migration's tables and sequences) the API may use, no more
+ALTER DEFAULT PRIVILEGES FOR ROLE todos_owner IN SCHEMA public
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO todos_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE todos_owner IN SCHEMA public
+    GRANT USAGE, SELECT ON SEQUENCES TO todos_app;
+-- and what it created before this script ran (a database migrated by an earlier deployment)
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO todos_app;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO todos_app;
