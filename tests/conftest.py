@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.services import NatsServer, Postgres, throwaway_postgres
+from tests.services import NatsServer, Postgres, leaked_secrets, throwaway_postgres
 
 
 @pytest_asyncio.fixture(autouse=True)
@@ -22,6 +22,15 @@ async def _collect_garbage_in_the_loop() -> AsyncIterator[None]:
     """
     yield
     gc.collect()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole session: no log any process wrote (the API's, the notifiers', nats-server's, under
+    pytest's temporary directory) holds the Telegram token, the database password or a NATS password."""
+    yield
+    found = leaked_secrets(tmp_path_factory.getbasetemp())
+    assert not found, "secrets in logs: " + "; ".join(found)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -74,8 +75,30 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 # unrestricted `harness` user. The passwords are new for each test session and are checked to appear in
 # no process log (tests/conftest.py).
 HARNESS = "harness"
+DB_PASSWORD = "db-" + secrets.token_urlsafe(12)
 NATS_PASSWORDS = new_passwords(HARNESS)
 NATS_AUTH = authorization(NATS_PASSWORDS, no_auth_user=HARNESS, unrestricted=(HARNESS,))
+
+
+def secrets_given_to_processes() -> dict[str, str]:
+    """Every secret the suite hands to a process, by name: none may appear in any log it writes."""
+    from tests.fake_telegram import FakeTelegram  # noqa: PLC0415
+
+    return {
+        "the Telegram token": FakeTelegram.token,
+        "the database password": DB_PASSWORD,
+        **{f"the NATS password of {user}": password for user, password in NATS_PASSWORDS.items()},
+    }
+
+
+def leaked_secrets(root: Path) -> list[str]:
+    """Each secret of `secrets_given_to_processes()` found in a log file (*.log) under `root`."""
+    found = []
+    given = secrets_given_to_processes()
+    for log in sorted(root.rglob("*.log")):
+        text = log.read_text(errors="replace")
+        found += [f"{name} in {log}" for name, secret in given.items() if secret in text]
+    return found
 
 
 def as_identity(url: str, identity: str) -> str:
@@ -220,7 +243,9 @@ class Postgres:
             ensure_folder_permissions(self.bin.parent, 0o555)
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgres://postgres@{LOCALHOST}:{self.port}/{database}"
+        # trust authentication: the password is not checked, but every process is given one, so the suite can
+        # prove it never reaches a log (tests/conftest.py)
+        return f"postgres://postgres:{DB_PASSWORD}@{LOCALHOST}:{self.port}/{database}"
 
     def _run(self, *args: str) -> None:
         subprocess.run(

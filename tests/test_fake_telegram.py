@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -52,6 +54,7 @@ from tests.fake_telegram import (
     ParseError,
     parse_html,
 )
+from tests.services import DB_PASSWORD, leaked_secrets
 
 SUPERGROUP = -1001234567890
 GROUP = -4242
@@ -870,3 +873,17 @@ async def test_hooked_telegram_marks_the_answer_lost_when_the_client_left_during
         await wait_for(lambda: 1 in hooked.hooked)
         await wait_for(lambda: hooked.requests[0].status == CLIENT_GONE)
     assert [(m.text, m.answer_lost) for m in hooked.sent] == [("hooked", True)]
+
+
+def test_the_log_scan_of_the_suite_finds_a_leaked_secret() -> None:
+    """The session-end check of tests/conftest.py is only as good as this: a secret in any *.log is found.
+    (Outside pytest's temporary directory, which that check scans.)"""
+    with tempfile.TemporaryDirectory() as root:
+        _find_a_leak_in(Path(root))
+
+
+def _find_a_leak_in(tmp_path: Path) -> None:
+    (tmp_path / "deep" / "down").mkdir(parents=True)
+    (tmp_path / "deep" / "down" / "web.log").write_text(f"connecting to postgres://postgres:{DB_PASSWORD}@x/db\n")
+    (tmp_path / "notifier.log").write_text("nothing to see\n")
+    assert leaked_secrets(tmp_path) == [f"the database password in {tmp_path / 'deep' / 'down' / 'web.log'}"]
