@@ -5,8 +5,9 @@ and `just up` run, `chart_merge()` the same users for the NATS Helm chart's `con
 against k8s/nats-values.yaml by tests/k8s). Passwords never live here: the chart reads them from the
 environment (`<< $NATS_WEB_PASSWORD >>`), the tests and `just up` generate their own.
 
-- **web** (the outbox relay) publishes events and asks JetStream whether it is there; nothing else.
-  It cannot touch a stream, read the consumer or the KV buckets, or read anyone else's replies.
+- **web** (the outbox relay) publishes events and asks JetStream whether it is there, and reads the
+  events as a core subscriber (the page's live feed); nothing else. It cannot touch a stream, read the
+  consumer or the KV buckets, or read anyone else's replies.
 - **notifier** fetches from and acks on `todos_broadcasters`, reads and writes the `todos_sent` and
   `todos_notifier` buckets, and may create the consumer if it is missing; it cannot publish events nor
   change a stream.
@@ -72,7 +73,8 @@ IDENTITIES: tuple[Identity, ...] = (
     Identity(
         WEB,
         publish=(*EVENT_SUBJECTS, f"{JS_API}.INFO"),
-        subscribe=(f"{inbox_prefix(WEB)}.>",),
+        # the page's live feed of events (its own events, as a core subscriber)
+        subscribe=(f"{inbox_prefix(WEB)}.>", f"{subjects.SUBJECT_PREFIX}.>"),
     ),
     Identity(
         NOTIFIER,

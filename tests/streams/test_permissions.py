@@ -158,7 +158,7 @@ EXPECTED = {  # action -> (web, notifier, streams)
     ACTIONS[9].name: (R, A, A),
     ACTIONS[10].name: (R, R, A),
     ACTIONS[11].name: (R, R, A),
-    ACTIONS[12].name: (R, A, A),
+    ACTIONS[12].name: (A, A, A),
     ACTIONS[13].name: (R, R, R),
     ACTIONS[14].name: (R, R, A),
 }
