@@ -30,6 +30,24 @@ ALTER DEFAULT PRIVILEGES FOR ROLE todos_owner IN SCHEMA public
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO todos_app;
 ALTER DEFAULT PRIVILEGES FOR ROLE todos_owner IN SCHEMA public
     GRANT USAGE, SELECT ON SEQUENCES TO todos_app;
+-- a database migrated before these roles existed (by the superuser): its tables (with their sequences)
+-- and the outbox trigger's function go to the owner, who must be able to migrate them further
+DO $$
+DECLARE
+    statement text;
+BEGIN
+    FOR statement IN
+        SELECT format('ALTER TABLE %I.%I OWNER TO todos_owner', schemaname, tablename)
+        FROM pg_tables WHERE schemaname = 'public' AND tableowner <> 'todos_owner'
+        UNION ALL
+        SELECT format('ALTER FUNCTION %s OWNER TO todos_owner', p.oid::regprocedure)
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) <> 'todos_owner'
+    LOOP
+        EXECUTE statement;
+    END LOOP;
+END
+$$;
 -- and what it created before this script ran (a database migrated by an earlier deployment)
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO todos_app;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO todos_app;

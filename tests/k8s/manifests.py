@@ -1,8 +1,9 @@
 """k8s/ as data: the kustomization rendered the way `kubectl apply -k k8s/` would, without kubectl.
 
 Only the kustomize fields k8s/ uses are understood (resources, components, namespace, labels,
-images; in a component resources and JSON 6902 patches); `test_kustomization_uses_only_understood_fields`
-keeps it that way, and where kubectl is installed `test_renderer_matches_kubectl_kustomize` compares.
+images, configMapGenerator from files without the hash suffix; in a component resources and JSON 6902
+patches); `test_kustomization_uses_only_understood_fields` keeps it that way, and where kubectl is
+installed `test_renderer_matches_kubectl_kustomize` compares.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +36,19 @@ NODE_LOCAL_DNS = "node-local-dns"
 KEDA_SCALED_OBJECT = COMPONENTS / KEDA / "scaledobject.yaml"
 # files in k8s/ that are deliberately not kustomize resources (each says why in its header)
 NOT_RESOURCES = {KUSTOMIZATION, NATS_VALUES, SECRETS_EXAMPLE}
-UNDERSTOOD_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "components", "images"}
+UNDERSTOOD_FIELDS = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "labels",
+    "resources",
+    "components",
+    "images",
+    "configMapGenerator",
+}
+UNDERSTOOD_GENERATOR_FIELDS = {"name", "files", "options"}
+# the renderer names a generated ConfigMap as written: it does not compute kustomize's hash suffix
+UNDERSTOOD_GENERATOR_OPTIONS = {"disableNameSuffixHash", "labels"}
 UNDERSTOOD_COMPONENT_FIELDS = {"apiVersion", "kind", "resources", "patches"}
 # a current Kubernetes (kubernetes-validate bundles schemas up to its own version); strict mode
 # rejects unknown fields, so a misspelt key fails instead of being silently dropped by the API
@@ -44,6 +58,8 @@ APP_IMAGE = "todo-events"
 PACKAGES = ("web", "notifier", "streams")
 
 Doc = dict[str, Any]
+# the kubelet's dependent environment variables; `$$(VAR)` would escape one (not used in k8s/)
+VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def load_yaml(path: Path) -> list[Doc]:
@@ -126,12 +142,32 @@ def _apply_images(doc: Doc, images: list[Doc]) -> None:
                 container["image"] = f"{image.get('newName', image['name'])}:{image.get('newTag', 'latest')}"
 
 
+def generated_config_maps() -> list[Doc]:
+    """The ConfigMaps of `configMapGenerator`: one key per file (`key=path` or the file's name)."""
+    docs = []
+    for generator in kustomization().get("configMapGenerator", []):
+        assert set(generator) <= UNDERSTOOD_GENERATOR_FIELDS, generator
+        options = generator.get("options", {})
+        assert set(options) <= UNDERSTOOD_GENERATOR_OPTIONS, options
+        assert options.get("disableNameSuffixHash") is True, f"{generator['name']}: a hash suffix is not rendered here"
+        data = {}
+        for entry in generator["files"]:
+            key, _, path = entry.rpartition("=")
+            data[key or Path(path).name] = (K8S / path).read_text(encoding="utf-8")
+        metadata: Doc = {"name": generator["name"]}
+        if "labels" in options:
+            metadata["labels"] = dict(options["labels"])
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
+    return docs
+
+
 @cache
 def _rendered(components: tuple[str, ...]) -> tuple[Doc, ...]:
     spec = kustomization()
     docs: list[Doc] = []
     for resource in spec["resources"]:
         docs += [{**copy.deepcopy(doc), "_source": resource} for doc in load_yaml(K8S / resource)]
+    docs += [{**doc, "_source": "configMapGenerator"} for doc in generated_config_maps()]
     for path in components:
         _apply_component(docs, path.removeprefix("components/"))
     for doc in docs:
@@ -205,6 +241,11 @@ class Container:
         return image.rsplit(":", 1)[0] in names
 
     @property
+    def is_init(self) -> bool:
+        """An initContainer: runs to completion before the pod's containers start."""
+        return self.spec["name"] in {c["name"] for c in self.pod.get("initContainers", [])}
+
+    @property
     def command(self) -> list[str]:
         return [*self.spec.get("command", []), *self.spec.get("args", [])]
 
@@ -229,16 +270,49 @@ class Container:
         return next((item for item in self.spec.get("env", []) if item["name"] == name), None)
 
     def env_value(self, name: str) -> str | None:
-        """The literal value of an env var, following configMapKeyRef; None when unset or secret."""
+        """The value of an env var as the process sees it, following configMapKeyRef and expanding
+        `$(VAR)` as the kubelet does, except that a secret stays `$(VAR)`; None when unset or secret."""
         item = self.env(name)
         if item is None:
             return None
         if "value" in item:
-            return str(item["value"])
+            earlier = self.spec["env"][: self.spec["env"].index(item)]
+
+            def expand(match: re.Match[str]) -> str:
+                if match[1] not in {e["name"] for e in earlier}:
+                    return match[0]
+                return self.env_value(match[1]) or match[0]
+
+            return VARIABLE_REFERENCE.sub(expand, str(item["value"]))
         ref = item.get("valueFrom", {}).get("configMapKeyRef")
         if ref is None:
             return None
         return str(find("ConfigMap", ref["name"])["data"][ref["key"]])
+
+    def references(self, name: str) -> set[str]:
+        """The variables an env var's value names as `$(VAR)`."""
+        item = self.env(name)
+        return set(VARIABLE_REFERENCE.findall(str(item.get("value", "")))) if item else set()
+
+    def referenced_only(self) -> set[str]:
+        """Env vars set only to be expanded into another's value (a password into a URL)."""
+        return {ref for item in self.spec.get("env", []) for ref in self.references(item["name"])}
+
+    def secret_refs(self) -> set[tuple[str, str | None]]:
+        """(Secret, key) of every secretKeyRef of the env, (Secret, None) of every envFrom secretRef."""
+        refs: set[tuple[str, str | None]] = set()
+        for item in self.spec.get("env", []):
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                refs.add((ref["name"], ref["key"]))
+        refs |= {(s["secretRef"]["name"], None) for s in self.spec.get("envFrom", []) if "secretRef" in s}
+        return refs
+
+    def secret_ref(self, name: str) -> tuple[str, str] | None:
+        """(Secret, key) an env var comes from; None when it is not from a Secret."""
+        item = self.env(name)
+        ref = (item or {}).get("valueFrom", {}).get("secretKeyRef")
+        return None if ref is None else (ref["name"], ref["key"])
 
     def port_number(self, port: int | str) -> int:
         if isinstance(port, int):

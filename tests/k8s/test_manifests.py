@@ -21,6 +21,8 @@ from tests.k8s.manifests import (
     SECRETS_EXAMPLE,
     UNDERSTOOD_COMPONENT_FIELDS,
     UNDERSTOOD_FIELDS,
+    UNDERSTOOD_GENERATOR_FIELDS,
+    UNDERSTOOD_GENERATOR_OPTIONS,
     Doc,
     apply_json_patch,
     component,
@@ -95,6 +97,9 @@ def test_kustomization_uses_only_understood_fields():
     """The renderer in manifests.py understands every field used, so what it checks is what applies."""
     assert set(kustomization()) <= UNDERSTOOD_FIELDS
     assert kustomization()["namespace"] == "project"
+    for generator in kustomization().get("configMapGenerator", []):
+        assert set(generator) <= UNDERSTOOD_GENERATOR_FIELDS, generator
+        assert set(generator.get("options", {})) <= UNDERSTOOD_GENERATOR_OPTIONS, generator
     for name in kustomization().get("components") or []:
         assert (K8S / name / "kustomization.yaml").is_file(), name
     for name in component_names():
