@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -15,13 +16,22 @@ log = structlog.get_logger(__name__)
 
 DRAIN_TIMEOUT = 5.0
 
+OnOpen = Callable[[NatsClient], Awaitable[None]]
+OnChange = Callable[[bool], None]
+
 
 class Broker:
-    """Holds the connection once it exists: NATS may come up after the API (events wait in the outbox)."""
+    """Holds the connection once it exists: NATS may come up after the API (events wait in the outbox).
 
-    def __init__(self) -> None:
+    `on_open` runs once the connection first opens (the page's feed subscribes on it); `on_change` is told
+    `is_connected` whenever the connection opens, drops or comes back.
+    """
+
+    def __init__(self, on_open: OnOpen | None = None, on_change: OnChange | None = None) -> None:
         self.nc: NatsClient | None = None
         self._opening: asyncio.Task[None] | None = None
+        self._on_open = on_open
+        self._on_change = on_change
 
     @property
     def is_connected(self) -> bool:
@@ -35,13 +45,34 @@ class Broker:
 
         async def ship_waiting_events() -> None:
             wakeup.set()
+            self._changed()
+
+        async def disconnected() -> None:
+            self._changed()
 
         async def open_connection() -> None:
             # streams.connection.connect retries until a server answers
-            self.nc = await connect(settings, name="todo-web", identity=WEB, on_reconnected=ship_waiting_events)
+            self.nc = await connect(
+                settings,
+                name="todo-web",
+                identity=WEB,
+                on_disconnected=disconnected,
+                on_reconnected=ship_waiting_events,
+            )
             wakeup.set()
+            if self._on_open is not None:
+                try:
+                    await self._on_open(self.nc)
+                except Exception as exc:
+                    # the live feed is a convenience: the API and its outbox go on without it
+                    log.warning("nats.on_open_failed", error=str(exc) or type(exc).__name__)
+            self._changed()
 
         self._opening = asyncio.create_task(open_connection(), name="nats-connect")
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.is_connected)
 
     async def stop(self) -> None:
         """Stop connecting; drain an open connection (bounded), else close it."""

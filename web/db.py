@@ -1,11 +1,14 @@
-"""The database: tortoise's config for DATABASE_URL, opened and closed with the app, and outage detection."""
+"""The database: tortoise's config for DATABASE_URL, opened and closed with the app (migrated first), and
+outage detection."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
@@ -65,8 +68,16 @@ TORTOISE_ORM = tortoise_config("sqlite://:memory:")
 
 
 async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open tortoise for this app (first, so every later task sees it) and bring the schema up to date."""
+    """Open tortoise for this app (first, so every later task sees it) and bring the schema up to date.
+
+    With DATABASE_MIGRATION_URL, the owner role migrates over connections of its own, closed before
+    the pool of DATABASE_URL's role opens; without it, DATABASE_URL's role migrates (a no-op when the
+    schema is current, which is all a least-privilege role can do).
+    """
     settings = app[SETTINGS]
+    if settings.database_migration_url is not None:
+        applied = await migrate_schema(settings.database_migration_url, None, variable="DATABASE_MIGRATION_URL")
+        log.info("db.migrated", applied=applied, by="DATABASE_MIGRATION_URL")
     if settings.sqlite_path is not None:
         settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     context = TortoiseContext()
@@ -74,13 +85,64 @@ async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
     context.__enter__()
     try:
         await context.init(config=tortoise_config(settings.database_url))
-        await apply_migrations(tortoise_config(settings.database_url)["apps"], settings.sqlite_path)
+        if settings.database_migration_url is None:
+            applied = await _apply(settings.database_url, settings.sqlite_path, variable="DATABASE_URL")
+            log.info("db.migrated", applied=applied, by="DATABASE_URL")
         yield
     finally:
         await context.close_connections()
         # the app may be cleaned up from another context than the one it started in
         with contextlib.suppress(ValueError):
             context.__exit__(None, None, None)
+
+
+class SchemaBehindError(Exception):
+    """A migration is pending and the role connected may not apply it; the message says what to run."""
+
+
+async def migrate_schema(database_url: str, sqlite_path: Path | None, *, variable: str) -> list[str]:
+    """Apply the pending migrations over connections of their own, closed when done; the names applied.
+
+    `variable` names where `database_url` came from, for the message of a SchemaBehindError.
+    """
+    if sqlite_path is not None:
+        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    async with TortoiseContext() as context:
+        await context.init(config=tortoise_config(database_url))
+        return await _apply(database_url, sqlite_path, variable=variable)
+
+
+async def _apply(database_url: str, sqlite_path: Path | None, *, variable: str) -> list[str]:
+    """apply_migrations in the current tortoise context; a refused DDL statement becomes a SchemaBehindError."""
+    try:
+        return await apply_migrations(tortoise_config(database_url)["apps"], sqlite_path)
+    except Exception as exc:
+        denied = _denial(exc)
+        if denied is None:
+            raise
+        role = urlsplit(database_url).username or "the default user"
+        if variable == "DATABASE_MIGRATION_URL":
+            message = (
+                f"DATABASE_MIGRATION_URL's role {role} may not migrate the schema ({denied}): it must be"
+                " the role that owns the database (todos_owner in k8s/postgres-roles.sql)"
+            )
+        else:
+            message = (
+                f"the database schema is behind this version and {variable}'s role {role} may not migrate it"
+                f" ({denied}): run `python -m web migrate` with DATABASE_MIGRATION_URL set to the owner"
+                " role's URL (todos_owner in k8s/postgres-roles.sql)"
+            )
+        raise SchemaBehindError(message) from exc
+
+
+def _denial(exc: BaseException) -> asyncpg.InsufficientPrivilegeError | None:
+    """The "permission denied" / "must be owner" error (SQLSTATE 42501) behind `exc`, if that is what it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, asyncpg.InsufficientPrivilegeError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def is_postgres() -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -45,6 +46,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
 
+        self.feed_clients = Gauge(
+            "events_stream_clients", "Browsers connected to the live feed (/api/events)", registry=self.registry
+        )
+        self.feed_dropped = Counter(
+            "events_stream_dropped", "Live-feed streams ended because the browser fell too far behind",
+            registry=self.registry,
+        )  # fmt: skip
+
         # series exist from the start, so dashboards and alerts see 0 rather than nothing
         for mode in ("jetstream", "core"):
             self.published.labels(mode)
@@ -60,5 +69,8 @@ class Metrics:
             children = self._http[key] = (self.requests.labels(*labels), self.request_latency.labels(*labels))
         return children
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition and its content type: OpenMetrics when `accept` (an Accept header) asks for
+        application/openmetrics-text, else the Prometheus text format."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

@@ -1,4 +1,8 @@
-"""What every request goes through: a request id, metrics, a deadline, errors as problem documents."""
+"""What every request goes through: a request id, metrics, a deadline, errors as problem documents.
+
+A streaming handler (`@streaming`: the page's Server-Sent Events) has no deadline and no latency sample:
+its answer lasts as long as the browser stays; it is still counted and logged when it ends.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +19,28 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from web import db
-from web.keys import METRICS
+from web.keys import METRICS, REQUEST_ID
 from web.problems import InvalidBodyError, TodoNotFoundError, from_http_exception, problem
 
 log = structlog.get_logger(__name__)
 _stdlib_log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
-_REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
+# a caller's id is logged and echoed back: ASCII only (\w would take any Unicode letter), and matched
+# whole (a pattern ending in $ also matches before a final newline)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 # a database outage answers 503 within this time, never a hang
 DEADLINE = 4.0
+
+
+_streaming: set[Handler] = set()
+
+
+def streaming(handler: Handler) -> Handler:
+    """Mark a handler whose answer is an endless stream: no deadline, no latency sample."""
+    _streaming.add(handler)
+    return handler
 
 
 # made ids: this process's random prefix and a counter (unique across replicas, no entropy read per request)
@@ -40,16 +55,25 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     and errors as problem documents (`_answer`); counted, timed and logged by route template.
     """
     started = time.perf_counter()
-    given = request.headers.get(REQUEST_ID_HEADER)
-    rid = given if given is not None and _REQUEST_ID.match(given) else f"{_ID_PREFIX}-{next(_made_ids)}"
+    rid = request_id(request.headers.get(REQUEST_ID_HEADER))
     with structlog.contextvars.bound_contextvars(request_id=rid):
+        if handler in _streaming:
+            request[REQUEST_ID] = rid  # it sends its headers before it returns
+            response = await handler(request)
+            _observe(request, response, time.perf_counter() - started, sample=False)
+            return response
         response = await _answer(request, handler)
         response.headers[REQUEST_ID_HEADER] = rid
         _observe(request, response, time.perf_counter() - started)
     return response
 
 
-def _observe(request: web.Request, response: web.StreamResponse, elapsed: float) -> None:
+def request_id(given: str | None) -> str:
+    """The caller's X-Request-Id when it is 1-128 of `A-Za-z0-9._:-`, else a made one."""
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else f"{_ID_PREFIX}-{next(_made_ids)}"
+
+
+def _observe(request: web.Request, response: web.StreamResponse, elapsed: float, sample: bool = True) -> None:
     """Count and time the request by route template, method and status; log it (at INFO, WARNING for 5xx)."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
@@ -57,7 +81,8 @@ def _observe(request: web.Request, response: web.StreamResponse, elapsed: float)
     method = request.method if request.method in _METHODS else "other"
     requests, latency = request.app[METRICS].http(route, method, response.status)
     requests.inc()
-    latency.observe(elapsed)
+    if sample:
+        latency.observe(elapsed)
     level = logging.WARNING if response.status >= HTTPStatus.INTERNAL_SERVER_ERROR else logging.INFO
     if _stdlib_log.isEnabledFor(level):  # skip building a line that would be dropped
         log.log(level, "http.request", route=route, method=method, status=response.status, seconds=round(elapsed, 6))

@@ -1,9 +1,10 @@
-"""Schema migrations applied at start, by one replica at a time.
+"""Schema migrations, applied by `python -m web migrate` or at start, by one process at a time.
 
 The migrations are tortoise-orm's built-in ones, checked in under web/migrations (write a new one
 with `tortoise -c web.db.TORTOISE_ORM makemigrations`). Replicas that start together queue on a
 PostgreSQL advisory lock (on SQLite, on a lock file next to the database), so the second one finds
-the work done.
+the work done. With least privilege (k8s/postgres-roles.sql) the owner role migrates and the API's
+role, which may not change the schema, finds it current (web.db says what to do when it is not).
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import structlog
 from tortoise.connection import get_connection
 from tortoise.migrations.executor import MigrationExecutor
-
-log = structlog.get_logger(__name__)
 
 # PostgreSQL advisory lock key held while one replica migrates: "todos" in ASCII
 MIGRATION_LOCK_KEY = 0x746F646F73
@@ -52,12 +50,19 @@ async def _file_lock(database: Path) -> AsyncIterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-async def apply_migrations(apps: dict[str, dict[str, Any]], sqlite_path: Path | None) -> None:
-    """Bring the schema of `apps` to their latest migration; safe when several replicas do it at once."""
+async def apply_migrations(apps: dict[str, dict[str, Any]], sqlite_path: Path | None) -> list[str]:
+    """Bring the schema of `apps` to their latest migration and name the ones applied.
+
+    Safe when several replicas do it at once. A schema already current costs two reads and no DDL,
+    so the API's own role (which may not create anything) starts on a database the owner migrated.
+    """
     client = get_connection("default")
     lock = _file_lock(sqlite_path) if sqlite_path is not None else _postgres_lock()
     async with lock:
         executor = MigrationExecutor(client, apps)
         steps = await executor.plan()
-        await executor.migrate()
-    log.info("db.migrated", applied=[step.migration.name for step in steps])
+        # migrate() would first run the recorder's CREATE TABLE IF NOT EXISTS, which PostgreSQL refuses
+        # to a role without CREATE on the schema even when the table is there
+        if steps:
+            await executor.migrate()
+    return [step.migration.name for step in steps]

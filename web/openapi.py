@@ -8,11 +8,14 @@ from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 from streams.payload import Todo
+from web.page import ASSETS
 from web.problems import CONTENT_TYPE as PROBLEM
 from web.problems import Problem
 from web.schemas import TodoCreate, TodoUpdate
 
 JSON = "application/json"
+OPENMETRICS = "application/openmetrics-text"
+EVENT_STREAM = "text/event-stream"
 REF = "#/components/schemas/{model}"
 TIMESTAMP_PATTERN = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
@@ -38,6 +41,10 @@ def _problems(*statuses: int) -> dict[str, Any]:
     }
 
 
+def _text(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
 def _body(name: str) -> dict[str, Any]:
     return {"required": True, "content": {JSON: {"schema": _ref(name)}}}
 
@@ -56,6 +63,15 @@ LINKS = {
     name: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
     for name, operation in [("GetTodo", "getTodo"), ("UpdateTodo", "updateTodo"), ("DeleteTodo", "deleteTodo")]
 }
+
+
+EVENTS_DESCRIPTION = """Server-Sent Events: what the API publishes, as it leaves for Telegram (from one core NATS
+subscription to `todos.>` per process). The first message is `event: status` with `data: {"events": "on"}`
+(`"off"`: NATS_URL is not set, no events are published; `"disconnected"`: NATS is configured but away right
+now, events wait in the outbox); another `status` follows each change. Then one message per event:
+`event: todos.created|updated|deleted`, `id:` the event's id, `data:` its payload (the todo JSON). A comment
+line every 15 s keeps the stream open. A client that falls 256 events behind is disconnected and
+reconnects (EventSource does that by itself, after the `retry:` of 1 s); no events are replayed."""
 
 
 def document() -> dict[str, Any]:
@@ -78,7 +94,10 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "todo-events API",
             "version": "1.0.0",
-            "description": "Todos; every change is published as an event (todos.created|updated|deleted).",
+            "description": (
+                "Todos; every change is published as an event (todos.created|updated|deleted). Every path also "
+                "answers OPTIONS (204, `Allow` lists its methods) and every GET answers HEAD."
+            ),
         },
         "paths": {
             "/api/todos": {
@@ -120,6 +139,46 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _json(todo, "The todo as it was"), **_problems(404, 503)},
                 },
             },
+            "/api/events": {
+                "get": {
+                    "operationId": "events",
+                    "summary": "Live feed of the events (Server-Sent Events)",
+                    "description": EVENTS_DESCRIPTION,
+                    "responses": {"200": _text(EVENT_STREAM, "An endless event stream")},
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "The todo web page (list, add, done, delete, live event feed)",
+                    "responses": {"200": _text("text/html", "The page")},
+                }
+            },
+            "/static/{name}": {
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "description": "a file of the page",
+                        "schema": {"type": "string", "enum": sorted(ASSETS)},
+                    }
+                ],
+                "get": {
+                    "operationId": "pageFile",
+                    "summary": "The page's script and style sheet",
+                    "responses": {
+                        "200": {
+                            "description": "The file",
+                            "content": {
+                                media_type.split(";")[0]: {"schema": {"type": "string"}}
+                                for media_type in sorted(set(ASSETS.values()))
+                            },
+                        },
+                        "404": {"description": "No such file", "content": {PROBLEM: {"schema": _ref("Problem")}}},
+                    },
+                },
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -140,9 +199,12 @@ def document() -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
-                    "summary": "Prometheus metrics",
+                    "summary": "Prometheus metrics; OpenMetrics when the Accept header asks for it",
                     "responses": {
-                        "200": {"description": "Text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                        "200": {
+                            "description": "Prometheus text format (default) or OpenMetrics",
+                            "content": {media: {"schema": {"type": "string"}} for media in ("text/plain", OPENMETRICS)},
+                        }
                     },
                 }
             },

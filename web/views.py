@@ -98,4 +98,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
+    """The Prometheus text format, or OpenMetrics when the Accept header asks for application/openmetrics-text."""
+    body, content_type = request.app[METRICS].render(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def options(request: web.Request) -> web.Response:
+    """204 with `Allow`: the methods of this path (the same list a 405 gives)."""
+    resource = request.match_info.route.resource
+    methods = sorted({route.method for route in resource} if resource is not None else {"OPTIONS"})
+    return web.Response(status=204, headers={"Allow": ",".join(methods)})

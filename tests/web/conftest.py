@@ -38,8 +38,10 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     """Start the API in-process (aiohttp's test server) with the given settings; closed after the test."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(database_url: str, nats_url: str | None = None) -> TestClient[Any, Any]:
-            settings = Settings(DATABASE_URL=database_url, NATS_URL=nats_url)
+        async def start(
+            database_url: str, nats_url: str | None = None, *, migration_url: str | None = None
+        ) -> TestClient[Any, Any]:
+            settings = Settings(DATABASE_URL=database_url, NATS_URL=nats_url, DATABASE_MIGRATION_URL=migration_url)
             client = TestClient(TestServer(init_app(settings)))
             stack.push_async_callback(client.close)
             await client.start_server()

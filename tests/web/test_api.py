@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.web.helpers import TIMESTAMP, count_rows, stream_events
+from web.middlewares import request_id
 
 PROBLEM = "application/problem+json"
 Client = TestClient[Any, Any]
@@ -261,8 +262,36 @@ async def test_request_id_is_echoed_or_made(api: Client) -> None:
     response = await api.get("/healthz", headers={"X-Request-Id": "abc-123"})
     assert response.headers["X-Request-Id"] == "abc-123"
     made = (await api.get("/healthz")).headers["X-Request-Id"]
-    assert len(made) >= 16
+    # this process's random prefix and a counter (was `len(made) >= 16`, false for the first 99 made ids)
+    assert re.fullmatch(r"[0-9a-f]{12}-\d+", made)
     assert made != (await api.get("/healthz")).headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("abc-1.2:3_x", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("запрос-1", False),  # \w takes Cyrillic letters: the id must be ASCII
+        ("abc def", False),
+        ("", False),
+    ],
+)
+async def test_request_id_is_kept_only_when_safe(api: Client, given: str, kept: bool) -> None:
+    """A caller's X-Request-Id is kept only if it is 1-128 of A-Za-z0-9._:- (it is logged and echoed), else replaced."""
+    echoed = (await api.get("/healthz", headers={"X-Request-Id": given})).headers["X-Request-Id"]
+    assert (echoed == given) is kept
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", echoed)
+
+
+@pytest.mark.parametrize("given", ["abc\n", "abc\r\nX-Evil: 1", "abc\x00", "x" * 129, "ид", None])
+def test_request_id_replaces_what_http_cannot_carry(given: str | None) -> None:
+    """Ids no HTTP client sends (a line break, which `$` let through before a final newline) are replaced too."""
+    made = request_id(given)
+    assert made != given
+    assert re.fullmatch(r"[0-9a-f]{12}-\d+", made)
+    assert request_id("abc-1.2:3_x") == "abc-1.2:3_x"
 
 
 async def test_health_and_readiness(api: Client) -> None:
