@@ -179,15 +179,18 @@ def test_selectors_match_their_pod_templates_and_services_their_pods():
         find("Service", statefulset["spec"]["serviceName"])
 
 
-def test_ingress_routes_the_api_to_the_web_service_port():
+def test_ingress_routes_the_api_and_the_page_to_the_web_service_port_and_nothing_else():
     ingress = find("Ingress", "web")
     service = find("Service", "web")
+    routed = set()
     for rule in ingress["spec"]["rules"]:
         for path in rule["http"]["paths"]:
             backend = path["backend"]["service"]
             assert backend["name"] == service["metadata"]["name"]
             assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
-            assert path["path"].startswith("/api")
+            routed.add((path["path"], path["pathType"]))
+    # /metrics, /healthz and /readyz stay inside the cluster
+    assert routed == {("/api", "Prefix"), ("/", "Exact"), ("/static", "Prefix")}
 
 
 KEDA_TRIGGER_FIELDS = {
