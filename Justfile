@@ -27,6 +27,11 @@ bootstrap-streams:
 status:
     {{python}} -m streams status
 
+# follow the events on NATS_URL live, one line each; `just tail --json`, `just tail --from-start`
+[no-exit-message]
+tail *ARGS:
+    @exec {{python}} -m streams tail {{ARGS}}
+
 # ruff (lint + format check), mypy strict, hadolint
 lint:
     ruff check .

@@ -1,11 +1,12 @@
-"""/healthz, /readyz and /metrics on NOTIFIER_PORT."""
+"""/healthz, /readyz and /metrics on NOTIFIER_PORT; every GET answers HEAD too, every path OPTIONS."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 Readiness = Callable[[], bool]
 READY: web.AppKey[Readiness] = web.AppKey("ready")
@@ -23,17 +24,29 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """The Prometheus text format, or OpenMetrics when the Accept header asks for application/openmetrics-text."""
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encode(request.app[REGISTRY]), headers={"Content-Type": content_type})
+
+
+async def options(request: web.Request) -> web.Response:
+    """204 with `Allow`: the methods of this path (the same list a 405 gives)."""
+    resource = request.match_info.route.resource
+    methods = sorted({route.method for route in resource} if resource is not None else {"OPTIONS"})
+    return web.Response(status=204, headers={"Allow": ",".join(methods)})
 
 
 def make_app(ready: Callable[[], bool], registry: CollectorRegistry) -> web.Application:
     app = web.Application()
     app[READY] = ready
     app[REGISTRY] = registry
+    # add_get registers HEAD as well (aiohttp answers it with the GET handler's headers and no body)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    for resource in app.router.resources():
+        if isinstance(resource, web.Resource):
+            resource.add_route("OPTIONS", options)
     return app
 
 

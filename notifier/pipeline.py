@@ -16,6 +16,11 @@ takes it, then the events are acked; an accepted event is never nak'ed or dead-l
 
 A failed send is decided by notifier.policy and carried out by `Pipeline._enact`, the one place that
 acks, naks, terminates, holds, pauses, splits or migrates.
+
+Two niceties ride along without touching any of that: a message of one update or deletion replies to
+its todo's announcement (notifier.replies: looked up before the mark, recorded after Telegram's ok,
+neither able to hold, lose or repeat an event), and an event sent more than NOTIFIER_LATE_AFTER after
+its change says so (notifier.formatting, decided when the message is rendered, just before it leaves).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from notifier.policy import (
     is_transient,
     released_on_last_delivery,
 )
+from notifier.replies import Replies
 from notifier.sent_log import SENDING_GRACE, Record, SentLog
 from notifier.settings import ChatId, Settings
 from notifier.sinks import Sink
@@ -188,7 +194,8 @@ class Halt:
     def trip(self, kind: Decision, reason: str) -> None:
         if self.reason is None:
             detail = (
-                "the bot cannot post to its chat: fix the token, chat id or the bot's membership and rights"
+                "the bot cannot post to its chat: fix the token, chat id, forum topic or the bot's membership "
+                "and rights"
                 if kind is Decision.PAUSE
                 else "Telegram or the network is failing: probing with backoff"
             )
@@ -216,6 +223,7 @@ class Shape:
     fetch_batch: int
     probe_interval: float
     max_retry_delay: float
+    late_after: float = 0.0  # an event sent this long after its change says when it happened (0: never)
 
     @classmethod
     def of(cls, settings: Settings, *, paced: bool) -> Shape:
@@ -226,7 +234,8 @@ class Shape:
         else:  # one event per message, `concurrency` messages at once
             capacity, senders, fetch_batch, max_events = 2 * concurrency, concurrency, 2 * concurrency, 1
         return cls(paced, senders, max_events, capacity, fetch_batch,
-                   settings.notifier_probe_interval, settings.notifier_retry_max_delay)  # fmt: skip
+                   settings.notifier_probe_interval, settings.notifier_retry_max_delay,
+                   settings.notifier_late_after)  # fmt: skip
 
 
 class Pipeline:
@@ -243,9 +252,10 @@ class Pipeline:
         sent_log: SentLog | None,
         metrics: Metrics,
         shape: Shape,
+        replies: Replies | None = None,
     ) -> None:
         self._source, self._sink, self._route, self._gate, self._pacer = source, sink, route, gate, pacer
-        self._sent_log, self._metrics, self.shape = sent_log, metrics, shape
+        self._sent_log, self._metrics, self.shape, self._replies = sent_log, metrics, shape, replies
         self.halt = Halt(metrics)
         self._queue: deque[Held] = deque()
         self._held: dict[int, Held] = {}  # id(held) -> held: queued, being sent, or being recorded
@@ -345,7 +355,7 @@ class Pipeline:
         self._metrics.received.inc()
         event_id = event_id_of(msg)
         try:
-            event: Event | None = Event.from_message(msg.subject, msg.data)
+            event: Event | None = Event.from_message(msg.subject, msg.data, stored_at)
         except MalformedEventError as error:
             held = Held(msg, event_id, None, deliveries, stored_at, now, self._source.epoch)
             self._held[id(held)] = held
@@ -448,7 +458,8 @@ class Pipeline:
             if held.alone or len(batch) >= self.shape.max_events:
                 break
         if len(batch) > 1:
-            count, _ = render_fitting([held.event for held in batch if held.event is not None], len(batch))
+            events = [held.event for held in batch if held.event is not None]
+            count, _ = render_fitting(events, len(batch), late_after=self.shape.late_after)
             batch = batch[:count]
         for held in batch:
             self._queue.remove(held)
@@ -515,19 +526,21 @@ class Pipeline:
 
     async def _send(self, chat_id: ChatId, batch: list[Held]) -> None:
         events = [held.event for held in batch if held.event is not None]
-        count, text = render_fitting(events, len(events))
-        if count < len(batch):  # a "may repeat" line made it too long: the rest go next
+        count, text = render_fitting(events, len(events), late_after=self.shape.late_after)
+        if count < len(batch):  # a "may repeat" or "late" line made it too long: the rest go next
             self._requeue(batch[count:])
-            batch = batch[:count]
+            batch, events = batch[:count], events[:count]
         ids = [held.event_id for held in batch]
         try:
+            # before the mark, whose last look must be the last await before the request leaves
+            reply_to = await self._replies.target(chat_id, events) if self._replies is not None else None
             if not await self._mark(chat_id, batch):
                 return
             for held in batch:  # whatever this try leaves in todos_sent, a later one reads it first
                 held.look = True
             started = time.monotonic()
             try:
-                await self._sink.send(chat_id, text)
+                message_id = await self._sink.send(chat_id, text, reply_to=reply_to)
             except asyncio.CancelledError:
                 raise  # stopping past FINISH_TIMEOUT or failing: release_held() gives them back
             except Exception as error:
@@ -539,6 +552,8 @@ class Pipeline:
             self._metrics.events_per_message.observe(len(batch))
             for held in batch:
                 held.accepted = True
+            if self._replies is not None:  # not awaited: the ack never waits for it
+                self._replies.announced(chat_id, events, message_id)
             await self._accepted(batch)
         finally:
             self._in_flight.difference_update(ids)

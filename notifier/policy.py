@@ -10,7 +10,8 @@ for every path (paced or not, JetStream or core mode). HOLD means the events sta
 |                                                    | before retry_after (shared pause), then send again     |
 | ChatMigrated                                       | MIGRATE: follow new_chat_id (shared), send again now   |
 | Forbidden, InvalidToken, BadRequest "chat not      | PAUSE: hold; the bot cannot post at all: stop fetching,|
-| found", "not enough rights", kicked, blocked ...   | not ready, probe until the bot may post again          |
+| found", "not enough rights", kicked, blocked, the  | not ready, probe until the bot may post again (a topic:|
+| forum topic closed or deleted ...                  | a send after each probe finds whether it is back)      |
 | BadRequest (anything else), message of 2+ events   | SPLIT: hold; send them one per message                 |
 | BadRequest (anything else), MalformedEventError    | DEAD_LETTER: this message can never be sent            |
 | TimedOut, NetworkError (5xx, connection), other:   |                                                        |

@@ -30,6 +30,7 @@ from notifier.jetstream import JetStreamSource
 from notifier.metrics import Metrics
 from notifier.pacing import Pacer
 from notifier.pipeline import Pipeline, Shape, Source
+from notifier.replies import Replies
 from notifier.sent_log import SentLog
 from notifier.settings import Settings
 from notifier.sinks import make_sink
@@ -90,6 +91,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
         gate = ChatGate()
         chat_id = settings.telegram_chat_id or 0
         source: Source
+        replies: Replies | None = None
         if settings.notifier_mode == "core":
             core = CoreSource(nc)
             await core.subscribe()
@@ -113,6 +115,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
                 return 0
             pacer = Pacer(state, gate, settings.telegram_chat_rate, settings.telegram_group_rate)
             source, sent_log = jetstream, SentLog(await js.key_value(subjects.SENT_BUCKET), js)
+            if settings.telegram_replies and settings.notifier_sink == "telegram":
+                replies = Replies(await js.key_value(subjects.REPLIES_BUCKET), settings.telegram_thread_id)
+                stack.push_async_callback(replies.close)  # before NATS closes: the records under way land
         paced = settings.notifier_sink == "telegram" and pacer.paces(route.current)
         shape = Shape.of(settings, paced=paced)
         metrics.pause_seconds.set_function(lambda: gate.remaining(route.current))
@@ -125,6 +130,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
             sent_log=sent_log,
             metrics=metrics,
             shape=shape,
+            replies=replies,
         )
         replica.pipeline = pipeline
         log.info(
@@ -133,6 +139,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
             limits=[str(rate) for rate in pacer.limits(route.current)] if paced else [],
             senders=shape.senders,
             max_events_per_message=shape.max_events,
+            replies=replies is not None,
+            late_after=shape.late_after or None,
+            thread_id=settings.telegram_thread_id,
+            silent=settings.telegram_silent,
         )
         loops: dict[str, Coroutine[Any, Any, None]] = {**pipeline.tasks(), "route_refresh": route.refresh_forever()}
         if settings.notifier_mode == "jetstream":  # the pauses other replicas met, shared through KV
@@ -193,6 +203,7 @@ async def _wait_for_topology(nc: Client) -> bool:
             await js.stream_info(subjects.DLQ_STREAM)  # without it, a dead letter would leave no trace
             await js.key_value(subjects.SENT_BUCKET)
             await js.key_value(subjects.STATE_BUCKET)
+            await js.key_value(subjects.REPLIES_BUCKET)
         except (NotFoundError, BucketNotFoundError) as error:
             if not warned:
                 log.warning(

@@ -4,6 +4,10 @@ httpx slows down as concurrent requests grow (measured here against the fake: ~1
 connections, ~400/s one at a time), which would cap a replica far below 1,000 events/s. PTB lets the
 transport be replaced (`telegram.request.BaseRequest`); this one keeps PTB's error mapping and adds
 no logging of URLs (which hold the token).
+
+A proxy is given explicitly (`proxy`, from notifier.settings): the session ignores the environment
+(aiohttp's trust_env is off, so no HTTPS_PROXY nor ~/.netrc is read behind the settings' back), where
+PTB's own httpx transport would read HTTPS_PROXY/ALL_PROXY itself.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ class TransportError(NetworkError):
 class AiohttpRequest(BaseRequest):
     """Form-encoded POSTs over one pooled aiohttp session with explicit connect and read timeouts."""
 
-    def __init__(self, *, pool_size: int, read_timeout: float, connect_timeout: float) -> None:
+    def __init__(
+        self, *, pool_size: int, read_timeout: float, connect_timeout: float, proxy: str | None = None
+    ) -> None:
         self._pool_size = pool_size
         self._read_timeout = read_timeout
         self._connect_timeout = connect_timeout
+        self._proxy = proxy  # http(s)://[user:password@]host:port; its credentials go as Proxy-Authorization
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -77,7 +84,9 @@ class AiohttpRequest(BaseRequest):
         # encoded here: aiohttp's own FormData path costs ~40% more CPU per request
         body = urlencode(request_data.json_parameters) if request_data is not None else ""
         try:
-            async with self._session.request(method, url, data=body, headers=_FORM, timeout=timeout) as response:
+            async with self._session.request(
+                method, url, data=body, headers=_FORM, timeout=timeout, proxy=self._proxy
+            ) as response:
                 return response.status, await response.read()
         except TimeoutError as error:
             raise TimedOut from error

@@ -1,4 +1,5 @@
-"""`python -m streams`: bootstrap the JetStream topology, show its state, list and replay dead letters."""
+"""`python -m streams`: bootstrap the JetStream topology, show its state, follow the events, list and replay dead
+letters."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for NATS to answer")
     status = commands.add_parser("status", help="stream and consumer state")
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    follow = commands.add_parser(
+        "tail", help="follow todos.> live, one line per event (time, subject, id, task); Ctrl-C stops"
+    )
+    follow.add_argument("--json", action="store_true", help="print each event's payload as one JSON line")
+    follow.add_argument("--from-start", action="store_true", help="replay the stream from its first event, then follow")
     dead = commands.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command", required=True)
     listing = dead.add_parser("list", help="every dead event: subject, payload, deliveries, reason, time")
     listing.add_argument("--json", action="store_true", help="print JSON lines")
@@ -51,6 +57,7 @@ REPLICATED_STREAMS = (
     subjects.DLQ_STREAM,
     topology.kv_stream_name(subjects.SENT_BUCKET),
     topology.kv_stream_name(subjects.STATE_BUCKET),
+    topology.kv_stream_name(subjects.REPLIES_BUCKET),
 )
 NANOSECONDS = 1_000_000_000
 
@@ -209,6 +216,10 @@ async def _connect(settings: Settings, wait: float) -> Any:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "tail":
+        from streams.tail import tail  # noqa: PLC0415 - only tail needs it
+
+        return await tail(settings, as_json=args.json, from_start=args.from_start)
     nc = await _connect(settings, getattr(args, "wait", 0.0))
     try:
         js = nc.jetstream()

@@ -69,6 +69,24 @@ class _RedactingFormatter(structlog.stdlib.ProcessorFormatter):
         return redact(super().format(record))
 
 
+BODY = "body"  # a field printed, in console logs, on the lines below its log line (a message to read)
+
+
+class _WithBody:
+    """The console renderer, then the `body` field, if any, on its own lines below the line (indented),
+    so a multi-line text reads as it is instead of as one escaped string."""
+
+    def __init__(self, renderer: structlog.dev.ConsoleRenderer) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> str:
+        body = event_dict.pop(BODY, None)
+        line = self._renderer(logger, name, event_dict)
+        if body is None:
+            return line
+        return line + "".join(f"\n    {part}" for part in str(body).splitlines())
+
+
 def default_format() -> LogFormat:
     return "console" if sys.stderr.isatty() else "json"
 
@@ -93,8 +111,8 @@ def configure_logging(level: str = "info", fmt: LogFormat | None = None) -> None
     else:
         # rich's traceback panel shows frame locals by default, cut to 80 characters: a cut token
         # would slip past redaction, so no locals in console tracebacks either
-        renderer = structlog.dev.ConsoleRenderer(
-            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        renderer = _WithBody(
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False))
         )
     structlog.configure(
         # a line below the level is dropped before any processor runs (the access log costs nothing then)

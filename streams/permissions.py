@@ -8,11 +8,11 @@ environment (`<< $NATS_WEB_PASSWORD >>`), the tests and `just up` generate their
 - **web** (the outbox relay) publishes events and asks JetStream whether it is there, and reads the
   events as a core subscriber (the page's live feed); nothing else. It cannot touch a stream, read the
   consumer or the KV buckets, or read anyone else's replies.
-- **notifier** fetches from and acks on `todos_broadcasters`, reads and writes the `todos_sent` and
-  `todos_notifier` buckets, and may create the consumer if it is missing; it cannot publish events nor
-  change a stream.
-- **streams** (bootstrap, status, dead letters, the k8s Job) manages the JetStream topology and may
-  republish a dead letter.
+- **notifier** fetches from and acks on `todos_broadcasters`, reads and writes the `todos_sent`,
+  `todos_notifier` and `todos_replies` buckets, and may create the consumer if it is missing; it cannot
+  publish events nor change a stream.
+- **streams** (bootstrap, status, tail, dead letters, the k8s Job) manages the JetStream topology, may
+  republish a dead letter, and follows the events through ordered consumers (answering their flow control).
 
 Each identity reads replies only on its own inbox prefix (`_INBOX.<user>.`), which `connect()` sets, so
 one component cannot read the answers JetStream sends another (a KV read, a fetched event).
@@ -92,13 +92,16 @@ IDENTITIES: tuple[Identity, ...] = (
             f"$JS.ACK.{CONSUMER}.>",
             *_kv(subjects.SENT_BUCKET),
             *_kv(subjects.STATE_BUCKET),
+            *_kv(subjects.REPLIES_BUCKET),
         ),
         # NOTIFIER_MODE=core reads the events as a core subscriber
         subscribe=(f"{inbox_prefix(NOTIFIER)}.>", f"{subjects.SUBJECT_PREFIX}.>"),
     ),
     Identity(
         STREAMS,
-        publish=(f"{JS_API}.>", "$KV.>", *EVENT_SUBJECTS),
+        # `$JS.FC.TODOS.>`: the flow-control replies of `tail`'s ordered consumer; refused, the server stops
+        # delivering after one window (~4,700 events of a `--from-start` replay)
+        publish=(f"{JS_API}.>", "$KV.>", f"$JS.FC.{subjects.STREAM}.>", *EVENT_SUBJECTS),
         subscribe=(f"{inbox_prefix(STREAMS)}.>", f"{subjects.SUBJECT_PREFIX}.>"),
     ),
 )

@@ -22,6 +22,8 @@ TERMINATED_ADVISORY = f"{_ADVISORY}.MSG_TERMINATED.{STREAM}.{CONSUMER}"
 SENT_BUCKET = "todos_sent"
 # KV bucket for state every notifier replica shares (migrated chat id, rate-limit pauses)
 STATE_BUCKET = "todos_notifier"
+# KV bucket of the message that announced each todo's creation, so its updates and deletion reply to it
+REPLIES_BUCKET = "todos_replies"
 
 # KV keys (one format each, used by every notifier replica)
 _KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
@@ -53,6 +55,16 @@ def chat_of_pace_key(key: str) -> int | str:
 def migration_key(chat_id: int | str) -> str:
     """Key in STATE_BUCKET of the chat id a configured chat migrated to (a supergroup upgrade)."""
     return f"chat.{_chat_token(chat_id)}.migrated_to"
+
+
+_TODO_ID = re.compile(r"[-_=a-zA-Z0-9]+")
+
+
+def reply_key(chat_id: int | str, thread_id: int | None, todo_id: str) -> str:
+    """Key in REPLIES_BUCKET of the message announcing a todo in one chat (and forum topic): a message id
+    means something only there, so another chat or topic never replies to it."""
+    todo = todo_id if _TODO_ID.fullmatch(todo_id) else hashlib.sha256(todo_id.encode()).hexdigest()
+    return f"chat.{_chat_token(chat_id)}.{thread_id or 0}.{todo}"
 
 
 # headers

@@ -2,8 +2,9 @@
 
 Stream TODOS holds every event for 7 days; the one durable pull consumer todos_broadcasters is
 shared by all notifier replicas (each event goes to one replica); TODOS_DLQ captures the
-consumer's MAX_DELIVERIES and MSG_TERMINATED advisories, which point back into TODOS; two KV
-buckets hold what notifiers share (sent event ids for de-duplication, chat state).
+consumer's MAX_DELIVERIES and MSG_TERMINATED advisories, which point back into TODOS; three KV
+buckets hold what notifiers share (sent event ids for de-duplication, chat state, the message that
+announced each todo, which its later changes reply to).
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ def kv_configs(replicas: int = 1) -> list[KeyValueConfig]:
             history=1,
             replicas=replicas,
             description="State every notifier shares: migrated chat ids, rate-limit pauses",
+        ),
+        # a todo's announcement is worth replying to as long as the stream can still deliver its changes;
+        # read at call time, like every constant here, so a changed retention reaches the bucket too
+        KeyValueConfig(
+            bucket=subjects.REPLIES_BUCKET,
+            ttl=STREAM_MAX_AGE,
+            history=1,
+            replicas=replicas,
+            description="Message id announcing each todo, per chat: its updates and deletion reply to it",
         ),
     ]
 

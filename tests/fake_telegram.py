@@ -5,7 +5,8 @@ POST (form-encoded or JSON) to /bot<token>/<method>; answers {"ok": true, "resul
 shapes give the same parameters (a JSON body that is not an object: 400, as Telegram answers).
 Implemented (method names case-insensitive): getMe, getChat, getChatMember, sendChatAction,
 sendMessage (parse_mode case-insensitive; HTML checked by Telegram's rules in `parse_html`; the 4096
-limit counted in UTF-16 code units after entity parsing). Faults are programmed on `FakeTelegram`
+limit counted in UTF-16 code units after entity parsing; a forum topic, a reply and a silent message
+read as the Bot API reads them, in `_message_options`). Faults are programmed on `FakeTelegram`
 (429s, 500s, delays, chat errors, poison markers, migrations, the bot's membership and rights per chat,
 whole-API outages); every request is recorded with its time. Rules that decide per request live in
 `_refusal`, among them Telegram's rate limits when set (`chat_interval`, `group_limit` per
@@ -22,6 +23,12 @@ bot may post in a chat is decided by `_check_may_post` (sendMessage and sendChat
 `revoke_rights` (the bot restricted, like an admin taking its rights away), `member_status` (left,
 kicked, restricted) and `chat_can_send` (the chat's default permissions). getChat does not look at
 any of them: like the real API, it succeeds for a chat where the bot may not post; getChatMember tells.
+
+Forum topics: a chat listed in `forums` is a forum supergroup with those topics (`open_topic`,
+`close_topic`, `delete_topic`); a message into a topic it does not have, or into any topic of a chat
+that is not a forum, answers "message thread not found", into a closed one "TOPIC_CLOSED" (the bot,
+an administrator without can_manage_topics, may not post there). `delete_message` takes a message
+away, so a reply to it finds nothing.
 
 In-process: `async with FakeTelegram(token) as fake: fake.base_url` (a free port, read back once
 listening). As a process: `python -m tests.fake_telegram --port 8090 --token T`.
@@ -70,6 +77,17 @@ WRONG_ACTION = "Bad Request: wrong parameter action in request"
 NOT_ENOUGH_RIGHTS = "Bad Request: not enough rights to send text messages to the chat"
 NEED_CHANNEL_ADMIN = "Bad Request: need administrator rights in the channel chat"
 MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+THREAD_NOT_FOUND = "Bad Request: message thread not found"
+TOPIC_CLOSED = "Bad Request: TOPIC_CLOSED"
+REPLY_NOT_FOUND = "Bad Request: message to be replied not found"
+# reply_parameters is a JSON object, read strictly (td's JSON reader), unlike the flat parameters
+REPLY_NOT_JSON = "Bad Request: can't parse reply parameters JSON object"
+REPLY_NOT_OBJECT = "Bad Request: object expected as reply parameters"
+REPLY_NO_MESSAGE_ID = 'Bad Request: can\'t find field "message_id"'
+REPLY_MESSAGE_ID_NOT_NUMBER = 'Bad Request: field "message_id" must be a Number'
+REPLY_MESSAGE_ID_INVALID = 'Bad Request: field "message_id" must be a valid Number'
+REPLY_FLAG_NOT_BOOLEAN = 'Bad Request: field "allow_sending_without_reply" must be of type Boolean'
+TOPIC_OPEN, TOPIC_IS_CLOSED = "open", "closed"
 # what sendMessage to a supergroup answers when the bot was kicked / is not a member (see `kicked_from`)
 BOT_KICKED = "Forbidden: bot was kicked from the supergroup chat"
 BOT_NOT_MEMBER = "Forbidden: bot is not a member of the supergroup chat"
@@ -350,6 +368,11 @@ class Sent:
     text: str
     message_id: int
     answer_lost: bool = False
+    thread_id: int | None = None  # the forum topic it was posted in
+    reply_to: int | None = None  # the message it replies to (None: none, or the target was gone)
+    silent: bool = False  # disable_notification
+    date: int = 0
+    deleted: bool = False  # taken away (`delete_message`): nothing can reply to it any more
 
 
 class TelegramError(Exception):
@@ -401,6 +424,8 @@ class FakeTelegram:
     # the network down: every request is held unanswered; one whose client gives up never reached
     # Telegram (recorded as 499, nothing delivered); lifting the outage lets the held ones through
     outage_timeouts: bool = False
+    # forum supergroups: chat id -> {topic id: "open" | "closed"} (see the module's docstring)
+    forums: dict[str, dict[int, str]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
 
@@ -424,6 +449,21 @@ class FakeTelegram:
 
     def restore_rights(self, chat_id: int | str) -> None:
         self.revoked.discard(str(chat_id))
+
+    def open_topic(self, chat_id: int | str, thread_id: int) -> None:
+        """The chat is a forum with this topic, open (made, or reopened)."""
+        self.forums.setdefault(str(chat_id), {})[thread_id] = TOPIC_OPEN
+
+    def close_topic(self, chat_id: int | str, thread_id: int) -> None:
+        self.forums.setdefault(str(chat_id), {})[thread_id] = TOPIC_IS_CLOSED
+
+    def delete_topic(self, chat_id: int | str, thread_id: int) -> None:
+        self.forums.setdefault(str(chat_id), {}).pop(thread_id, None)
+
+    def delete_message(self, chat_id: int | str, message_id: int) -> None:
+        for message in self.sent_to(chat_id):
+            if message.message_id == message_id:
+                message.deleted = True
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -677,21 +717,55 @@ class FakeTelegram:
         if not text.strip():
             raise TelegramError(400, TEXT_EMPTY)
         visible = shown_text(text, params.get("parse_mode"))
+        thread_id, (reply_to, without_reply), silent = _message_options(params)
         self._refusal(chat_id, text)
+        self._check_topic(chat_id, thread_id)
+        target = self._reply_target(chat_id, reply_to, without_reply)
         message_id, self._next_id = self._next_id, self._next_id + 1
         now = time.time()
         at = time.monotonic()
-        record.sent = Sent(at, chat_id, text, message_id)
+        record.sent = Sent(at, chat_id, text, message_id, thread_id=thread_id or None,
+                           reply_to=target.message_id if target else None, silent=silent, date=int(now))  # fmt: skip
         self.sent.append(record.sent)
         accepted = self._accepted.setdefault(chat_id, [])
         accepted.append(at)
         del accepted[: -max(1, self.group_limit)]  # all that the limits look at
-        message: dict[str, Any] = {"message_id": message_id, "date": int(now), "chat": _chat_basics(chat_id)}
+        message = {**self._message(chat_id, message_id, int(now)), "text": visible}
+        if thread_id:
+            message.update({"message_thread_id": thread_id, "is_topic_message": True})
+        if target is not None:
+            message["reply_to_message"] = self._message(chat_id, target.message_id, target.date)
+        return message
+
+    def _message(self, chat_id: str, message_id: int, date: int) -> dict[str, Any]:
+        """A Message's basic fields: id, date, chat, and who sent it (the bot; in a channel, the channel)."""
+        message: dict[str, Any] = {"message_id": message_id, "date": date, "chat": _chat_basics(chat_id)}
         if chat_type(chat_id) == "channel":
             message["sender_chat"] = message["chat"]  # a channel post has no "from"
         else:
             message["from"] = self._bot_user()
-        return {**message, "text": visible}
+        return message
+
+    def _check_topic(self, chat_id: str, thread_id: int) -> None:
+        """A message into a forum topic: the topic must exist in this chat, and be open."""
+        if not thread_id:
+            return
+        state = self.forums.get(chat_id, {}).get(thread_id)
+        if state is None:
+            raise TelegramError(400, THREAD_NOT_FOUND)
+        if state == TOPIC_IS_CLOSED:
+            raise TelegramError(400, TOPIC_CLOSED)
+
+    def _reply_target(self, chat_id: str, reply_to: int, without_reply: bool) -> Sent | None:
+        """The message replied to; None when there is none (asked for none, or gone and that is allowed)."""
+        if not reply_to:
+            return None
+        for message in self.sent_to(chat_id):
+            if message.message_id == reply_to and not message.deleted:
+                return message
+        if without_reply:
+            return None
+        raise TelegramError(400, REPLY_NOT_FOUND)
 
 
 def shown_text(text: str, parse_mode: object) -> str:
@@ -734,6 +808,57 @@ def _chat_basics(chat_id: str) -> dict[str, Any]:
     if kind == "channel" and chat_id.startswith("@"):
         chat["username"] = chat_id.removeprefix("@")
     return chat
+
+
+def _message_options(params: dict[str, Any]) -> tuple[int, tuple[int, bool], bool]:
+    """(message_thread_id, (the message replied to, allow_sending_without_reply), disable_notification) as
+    the Bot API reads them: the flat parameters leniently (an integer by its leading digits, so "abc" is 0,
+    no topic; a flag is true only for "true", "yes" or "1"), and reply_parameters strictly as the JSON
+    object it must be (`_reply_parameters`). 0 means none."""
+    reply = _reply_parameters(params["reply_parameters"]) if "reply_parameters" in params else (
+        _message_id(params.get("reply_to_message_id")), _flag(params.get("allow_sending_without_reply")))  # fmt: skip
+    return _message_id(params.get("message_thread_id")), reply, _flag(params.get("disable_notification"))
+
+
+def _message_id(value: object) -> int:
+    """A message id parameter as the Bot API reads it (td::to_integer: an optional '-' and the leading
+    digits, anything else 0); a negative id is none."""
+    match = re.match(r"-?\d*", "" if value is None else str(value))
+    digits = match[0] if match else ""
+    number = int(digits) if digits.lstrip("-") else 0
+    return number if 0 < number < 2**31 else 0
+
+
+def _flag(value: object) -> bool:
+    return str(value or "").strip().lower() in {"true", "yes", "1"}
+
+
+def _reply_parameters(value: object) -> tuple[int, bool]:
+    """(message_id, allow_sending_without_reply) of a ReplyParameters object; TelegramError as Telegram
+    answers a malformed one. An empty string or object: no reply."""
+    if isinstance(value, str):
+        if not value:
+            return 0, False
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise TelegramError(400, REPLY_NOT_JSON) from None
+    if not isinstance(value, dict):
+        raise TelegramError(400, REPLY_NOT_OBJECT)
+    if not value:
+        return 0, False
+    if "message_id" not in value:
+        raise TelegramError(400, REPLY_NO_MESSAGE_ID)
+    message_id = value["message_id"]
+    if isinstance(message_id, bool) or not isinstance(message_id, int | float | str):
+        raise TelegramError(400, REPLY_MESSAGE_ID_NOT_NUMBER)
+    text = str(message_id)
+    if not re.fullmatch(r"-?\d+", text) or not -(2**31) <= int(text) < 2**31:
+        raise TelegramError(400, REPLY_MESSAGE_ID_INVALID)
+    flag = value.get("allow_sending_without_reply", False)
+    if not isinstance(flag, bool):
+        raise TelegramError(400, REPLY_FLAG_NOT_BOOLEAN)
+    return max(int(text), 0), flag
 
 
 def _user_id(params: dict[str, Any]) -> int:

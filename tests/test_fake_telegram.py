@@ -28,6 +28,7 @@ from telegram import (
     ChatMemberLeft,
     ChatMemberMember,
     ChatMemberRestricted,
+    ReplyParameters,
 )
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter
 
@@ -45,8 +46,17 @@ from tests.fake_telegram import (
     MIGRATED,
     NEED_CHANNEL_ADMIN,
     NOT_ENOUGH_RIGHTS,
+    REPLY_FLAG_NOT_BOOLEAN,
+    REPLY_MESSAGE_ID_INVALID,
+    REPLY_MESSAGE_ID_NOT_NUMBER,
+    REPLY_NO_MESSAGE_ID,
+    REPLY_NOT_FOUND,
+    REPLY_NOT_JSON,
+    REPLY_NOT_OBJECT,
     TEXT_EMPTY,
+    THREAD_NOT_FOUND,
     TOO_LONG,
+    TOPIC_CLOSED,
     UNAUTHORIZED,
     UNSUPPORTED_PARSE_MODE,
     WRONG_ACTION,
@@ -796,6 +806,164 @@ async def test_sent_message_names_the_chat_and_the_bot(bot: Bot) -> None:
     assert message.from_user.id == BOT_ID
     private = await bot.send_message(PRIVATE, "hi")
     assert (private.chat.type, private.chat.first_name, private.chat.title) == ("private", "Todos", None)
+
+
+# forum topics, replies and silent messages: read as the Bot API reads them
+
+
+TOPIC = 7
+
+
+async def test_a_message_into_an_open_forum_topic(fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot) -> None:
+    fake.open_topic(SUPERGROUP, TOPIC)
+    for as_json in (False, True):
+        status, body = await call(http, fake, "sendMessage", as_json=as_json, chat_id=SUPERGROUP, text="in topic",
+                                  message_thread_id=TOPIC)  # fmt: skip
+        assert status == 200
+        assert (body["result"]["message_thread_id"], body["result"]["is_topic_message"]) == (TOPIC, True)
+    message = await bot.send_message(SUPERGROUP, "through PTB", message_thread_id=TOPIC)
+    assert (message.message_thread_id, message.is_topic_message) == (TOPIC, True)
+    assert [m.thread_id for m in fake.sent] == [TOPIC] * 3
+    plain = await bot.send_message(SUPERGROUP, "the chat itself (General)")
+    assert plain.message_thread_id is None
+    assert fake.sent[-1].thread_id is None
+
+
+@pytest.mark.parametrize(
+    ("lose", "description"),
+    [("close", TOPIC_CLOSED), ("delete", THREAD_NOT_FOUND), ("never made", THREAD_NOT_FOUND),
+     ("not a forum", THREAD_NOT_FOUND)],
+)  # fmt: skip
+async def test_a_topic_that_is_not_open_refuses_the_message(
+    fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot, lose: str, description: str
+) -> None:
+    """Closed: TOPIC_CLOSED (the bot is an administrator without can_manage_topics); deleted, never made, or
+    a chat that is no forum: "message thread not found". A message without a topic still goes."""
+    chat = GROUP if lose == "not a forum" else SUPERGROUP
+    fake.open_topic(SUPERGROUP, TOPIC + 1)  # a forum, with another topic
+    if lose in ("close", "delete"):
+        fake.open_topic(SUPERGROUP, TOPIC)
+        getattr(fake, f"{lose}_topic")(SUPERGROUP, TOPIC)
+    status, body = await call(http, fake, "sendMessage", chat_id=chat, text="x", message_thread_id=TOPIC)
+    assert_error(status, body, 400, description)
+    with pytest.raises(BadRequest) as raised:
+        await bot.send_message(chat, "x", message_thread_id=TOPIC)
+    assert raised.value.message == ptb_message(description)
+    assert fake.sent == []
+    await bot.send_message(chat, "no topic")
+    assert len(fake.sent) == 1
+
+
+@pytest.mark.parametrize(("value", "thread_id"), [
+    (TOPIC, TOPIC), (str(TOPIC), TOPIC), (f"{TOPIC}abc", TOPIC), ("abc", None), ("-7", None), ("0", None),
+    ("", None), (None, None),
+])  # fmt: skip
+async def test_message_thread_id_is_read_by_its_leading_digits(
+    fake: FakeTelegram, http: aiohttp.ClientSession, value: Any, thread_id: int | None
+) -> None:
+    """As the Bot API reads an integer parameter (td::to_integer): the leading digits, else 0, which is no
+    topic (the chat itself); never a 400. So the notifier's settings, not the fake, reject a bad topic id."""
+    fake.open_topic(SUPERGROUP, TOPIC)
+    for as_json in (False, True):
+        status, _ = await call(http, fake, "sendMessage", as_json=as_json, chat_id=SUPERGROUP, text="x",
+                               message_thread_id=value)  # fmt: skip
+        assert status == 200
+    assert [m.thread_id for m in fake.sent] == [thread_id] * 2
+
+
+@pytest.mark.parametrize(("value", "silent"), [
+    (True, True), ("true", True), ("TRUE", True), ("yes", True), ("1", True), (1, True),
+    (False, False), ("false", False), ("maybe", False), ("", False), (0, False), (None, False),
+])  # fmt: skip
+async def test_disable_notification_is_true_only_for_true_yes_or_1(
+    fake: FakeTelegram, http: aiohttp.ClientSession, value: Any, silent: bool
+) -> None:
+    """As the Bot API reads a flag: "true", "yes" or "1" in any letter case; anything else is false, not a 400."""
+    for as_json in (False, True):
+        status, _ = await call(http, fake, "sendMessage", as_json=as_json, chat_id=SUPERGROUP, text="x",
+                               disable_notification=value)  # fmt: skip
+        assert status == 200
+    assert [m.silent for m in fake.sent] == [silent] * 2
+
+
+async def test_a_reply_to_a_message_of_the_chat(fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot) -> None:
+    """reply_parameters as a JSON object in a form field, as an object in a JSON body, and through PTB."""
+    first = await bot.send_message(SUPERGROUP, "announcement")
+    reply = {"message_id": first.message_id, "allow_sending_without_reply": True}
+    for as_json in (False, True):
+        status, body = await call(http, fake, "sendMessage", as_json=as_json, chat_id=SUPERGROUP, text="reply",
+                                  reply_parameters=reply)  # fmt: skip
+        assert status == 200
+        assert body["result"]["reply_to_message"]["message_id"] == first.message_id
+        assert body["result"]["reply_to_message"]["chat"]["id"] == SUPERGROUP
+    message = await bot.send_message(SUPERGROUP, "reply", reply_parameters=ReplyParameters(first.message_id))
+    assert message.reply_to_message is not None
+    assert message.reply_to_message.message_id == first.message_id
+    assert [m.reply_to for m in fake.sent] == [None, first.message_id, first.message_id, first.message_id]
+
+
+@pytest.mark.parametrize("missing", ["deleted", "never sent", "in another chat"])
+async def test_a_reply_to_a_missing_message_goes_without_it_only_if_allowed(
+    fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot, missing: str
+) -> None:
+    other = await bot.send_message(GROUP if missing == "in another chat" else SUPERGROUP, "target")
+    target = other.message_id + 100 if missing == "never sent" else other.message_id
+    if missing == "deleted":
+        fake.delete_message(SUPERGROUP, target)
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="x",
+                              reply_parameters={"message_id": target})  # fmt: skip
+    assert_error(status, body, 400, REPLY_NOT_FOUND)
+    allowed = {"message_id": target, "allow_sending_without_reply": True}
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="x", reply_parameters=allowed)
+    assert status == 200
+    assert "reply_to_message" not in body["result"]
+    assert fake.sent[-1].reply_to is None
+    message = await bot.send_message(
+        SUPERGROUP, "x", reply_parameters=ReplyParameters(target, allow_sending_without_reply=True)
+    )
+    assert message.reply_to_message is None
+
+
+@pytest.mark.parametrize(("value", "description"), [
+    ("abc", REPLY_NOT_JSON),
+    ("{not json", REPLY_NOT_JSON),
+    (5, REPLY_NOT_OBJECT),
+    ([1], REPLY_NOT_OBJECT),
+    (None, REPLY_NOT_OBJECT),  # JSON null, as a client that writes every optional field sends it
+    ({"allow_sending_without_reply": True}, REPLY_NO_MESSAGE_ID),
+    ({"message_id": True}, REPLY_MESSAGE_ID_NOT_NUMBER),
+    ({"message_id": None}, REPLY_MESSAGE_ID_NOT_NUMBER),
+    ({"message_id": {}}, REPLY_MESSAGE_ID_NOT_NUMBER),
+    ({"message_id": "abc"}, REPLY_MESSAGE_ID_INVALID),
+    ({"message_id": 1.5}, REPLY_MESSAGE_ID_INVALID),
+    ({"message_id": 1, "allow_sending_without_reply": "yes"}, REPLY_FLAG_NOT_BOOLEAN),
+    ({"message_id": 1, "allow_sending_without_reply": 1}, REPLY_FLAG_NOT_BOOLEAN),
+])  # fmt: skip
+async def test_malformed_reply_parameters_are_refused_in_telegrams_words(
+    fake: FakeTelegram, http: aiohttp.ClientSession, value: Any, description: str
+) -> None:
+    """reply_parameters must be a JSON object with an integer message_id and a boolean flag (read strictly, unlike
+    the flat parameters): the same 400 for a form and a JSON body, and nothing sent."""
+    for as_json in (False, True):
+        status, body = await call(http, fake, "sendMessage", as_json=as_json, chat_id=SUPERGROUP, text="x",
+                                  reply_parameters=value)  # fmt: skip
+        assert_error(status, body, 400, description)
+    assert fake.sent == []
+
+
+@pytest.mark.parametrize("value", ["", {}, {"message_id": -3}, {"message_id": "0"}])
+async def test_empty_reply_parameters_are_no_reply(fake: FakeTelegram, http: aiohttp.ClientSession, value: Any) -> None:
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="x", reply_parameters=value)
+    assert status == 200
+    assert "reply_to_message" not in body["result"]
+
+
+async def test_a_message_id_may_be_a_json_string(fake: FakeTelegram, http: aiohttp.ClientSession, bot: Bot) -> None:
+    first = await bot.send_message(SUPERGROUP, "announcement")
+    reply = {"message_id": str(first.message_id)}
+    status, body = await call(http, fake, "sendMessage", chat_id=SUPERGROUP, text="x", reply_parameters=reply)
+    assert status == 200
+    assert body["result"]["reply_to_message"]["message_id"] == first.message_id
 
 
 # a client that gives up: Telegram has the request, the message is posted, only the answer is lost

@@ -169,3 +169,54 @@ def test_small_events_fill_a_message_up_to_the_limit():
     assert not _fits_with_next(events[:count], events[count])
     count, _ = render_fitting([Event(Change.CREATED, make_todo("😀" * 140)) for _ in range(30)], 20)
     assert 1 < count < 20  # wide tasks: as many as fit 4096
+
+
+# the "late" line
+
+
+def test_a_late_event_says_when_and_how_late_under_its_headline():
+    """Past `late_after` the line follows the headline (and the may-repeat line); the block is unchanged."""
+    todo = make_todo()
+    now = 1_800_000_000.0
+    event = Event(Change.UPDATED, todo, may_repeat=True, changed_at=now - (2 * 86400 + 3 * 3600 + 59))
+    text = render_event(event, late_after=300, now=now)
+    late = "⏰ 2 d 3 h late: changed 2027-01-13 04:59:01 UTC"
+    assert text.splitlines()[:3] == ["✏️ Todo updated", MAY_REPEAT_NOTE, late]
+    assert parse_message(text) == [todo]
+    parse_html(text)
+
+
+@pytest.mark.parametrize(("seconds", "span"), [
+    (301, "5 min"), (3599, "59 min"), (3600, "1 h"), (3 * 3600 + 125, "3 h 2 min"), (86400, "1 d"), (90061, "1 d 1 h"),
+])  # fmt: skip
+def test_how_late_is_said_in_words(seconds, span):
+    text = render_event(Event(Change.CREATED, make_todo(), changed_at=1000.0), late_after=300, now=1000.0 + seconds)
+    assert text.splitlines()[1].startswith(f"⏰ {span} late: changed 1970-01-01 00:16:40 UTC")
+
+
+def test_an_event_on_time_or_with_late_after_off_has_no_line():
+    event = Event(Change.CREATED, make_todo(), changed_at=1000.0)
+    assert "⏰" not in render_event(event, late_after=300, now=1300.0)  # exactly on the limit: not late
+    assert "⏰" not in render_event(event, late_after=0, now=1_000_000.0)
+    assert "⏰" not in render_event(Event(Change.CREATED, make_todo()), late_after=300, now=1_000_000.0)
+
+
+def test_the_change_time_is_updated_at_except_for_a_deletion():
+    """A creation or update is timed by the todo's updatedAt; a deletion (the todo as it was) by the stream."""
+    todo = {**make_todo(), "updatedAt": "2026-11-28T23:15:54.808Z"}
+    data = json.dumps(todo).encode()
+    updated_at = 1795907754.808
+    assert Event.from_message("todos.updated", data, stored_at=5.0).changed_at == pytest.approx(updated_at)
+    assert Event.from_message("todos.created", data, stored_at=5.0).changed_at == pytest.approx(updated_at)
+    assert Event.from_message("todos.deleted", data, stored_at=5.0).changed_at == 5.0
+    no_time = json.dumps({"id": "x", "updatedAt": "yesterday"}).encode()
+    assert Event.from_message("todos.updated", no_time, stored_at=5.0).changed_at == 5.0
+
+
+def test_the_late_line_is_escaped_and_counts_towards_the_limit():
+    """A grouped message: each late event has its line; the text stays within 4096 and valid HTML."""
+    events = [Event(Change.CREATED, make_todo(NASTY[:140]), changed_at=0.0) for _ in range(40)]
+    count, text = render_fitting(events, 40, late_after=300, now=10_000.0)
+    assert text.count("⏰ 2 h 46 min late") == count
+    assert telegram_length(text) <= MAX_LENGTH
+    parse_html(text)

@@ -111,10 +111,11 @@ class Sink:
 
     async def stop(self) -> None: ...
 
-    async def send(self, chat_id: Any, text: str) -> None:
+    async def send(self, chat_id: Any, text: str, *, reply_to: int | None = None) -> int | None:
         self.texts.append(text)
         if self.failures:
             raise self.failures.pop(0)
+        return len(self.texts)
 
     async def probe(self, chat_id: Any) -> None: ...
 

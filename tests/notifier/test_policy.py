@@ -17,6 +17,10 @@ from streams.topology import MAX_DELIVER
     (InvalidToken("Unauthorized"), Decision.PAUSE),
     (BadRequest("Chat not found"), Decision.PAUSE),
     (BadRequest("Not enough rights to send text messages to the chat"), Decision.PAUSE),
+    # a forum topic closed or deleted under TELEGRAM_THREAD_ID: the bot cannot post there at all
+    (BadRequest("Message thread not found"), Decision.PAUSE),
+    (BadRequest("Topic_closed"), Decision.PAUSE),
+    (BadRequest("Topic_deleted"), Decision.PAUSE),
     (BadRequest("Can't parse entities: unexpected end tag"), Decision.DEAD_LETTER),
     (BadRequest("Message is too long"), Decision.DEAD_LETTER),
     (MalformedEventError("payload is not JSON"), Decision.DEAD_LETTER),

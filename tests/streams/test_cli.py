@@ -33,7 +33,8 @@ def test_bootstrap_prints_what_it_did_and_is_idempotent(nats_server: NatsServer)
     assert "stream TODOS: created" in first.stdout
     assert "consumer TODOS/todos_broadcasters: created" in first.stdout
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("unchanged") == 5
+    assert "kv todos_replies: created" in first.stdout
+    assert second.stdout.count("unchanged") == 6
 
 
 def test_status_shows_stream_consumer_and_dead_letters(nats_server: NatsServer) -> None:

@@ -32,6 +32,7 @@ STREAMS = (
     subjects.DLQ_STREAM,
     topology.kv_stream_name(subjects.SENT_BUCKET),
     topology.kv_stream_name(subjects.STATE_BUCKET),
+    topology.kv_stream_name(subjects.REPLIES_BUCKET),
 )
 NODES = {"n1", "n2", "n3"}
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_bootstrap_twice_changes_nothing_the_second_time(nats_server: NatsServer) -> None:
-    """First run creates all five objects, the second reports them unchanged and leaves configs equal."""
+    """First run creates all six objects, the second reports them unchanged and leaves configs equal."""
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     first = await topology.bootstrap(js)
@@ -29,8 +29,8 @@ async def test_bootstrap_twice_changes_nothing_the_second_time(nats_server: Nats
     consumer_after = (await js.consumer_info(subjects.STREAM, subjects.CONSUMER)).config.as_dict()
     await nc.close()
 
-    assert [a.outcome for a in first] == ["created"] * 5
-    assert [a.outcome for a in second] == ["unchanged"] * 5
+    assert [a.outcome for a in first] == ["created"] * 6
+    assert [a.outcome for a in second] == ["unchanged"] * 6
     assert before == after
     assert consumer_before == consumer_after
 
@@ -42,6 +42,7 @@ async def assert_server_follows_topology(js: JetStreamContext) -> None:
     dlq = (await js.stream_info(subjects.DLQ_STREAM)).config
     sent = (await js.stream_info(topology.kv_stream_name(subjects.SENT_BUCKET))).config
     state = (await js.stream_info(topology.kv_stream_name(subjects.STATE_BUCKET))).config
+    replies = (await js.stream_info(topology.kv_stream_name(subjects.REPLIES_BUCKET))).config
     sent_status = await (await js.key_value(subjects.SENT_BUCKET)).status()
 
     assert consumer.ack_wait == topology.ACK_WAIT
@@ -56,6 +57,8 @@ async def assert_server_follows_topology(js: JetStreamContext) -> None:
     assert sent.max_msgs_per_subject == 1
     assert state.max_age == 0  # chat state never expires
     assert state.max_msgs_per_subject == 1
+    assert replies.max_age == topology.STREAM_MAX_AGE  # an announcement is kept as long as the events
+    assert replies.max_msgs_per_subject == 1
     assert dlq.max_age == topology.DLQ_MAX_AGE
     assert sorted(dlq.subjects or []) == sorted([subjects.MAX_DELIVERIES_ADVISORY, subjects.TERMINATED_ADVISORY])
 
@@ -107,6 +110,7 @@ async def test_the_server_holds_the_values_the_readme_promises(nats_server: Nats
         state = await (await js.key_value(subjects.STATE_BUCKET)).status()
         sent_stream = (await js.stream_info(topology.kv_stream_name(subjects.SENT_BUCKET))).config
         state_stream = (await js.stream_info(topology.kv_stream_name(subjects.STATE_BUCKET))).config
+        replies = await (await js.key_value(subjects.REPLIES_BUCKET)).status()
     finally:
         await nc.close()
     day = 24 * 3600
@@ -123,6 +127,7 @@ async def test_the_server_holds_the_values_the_readme_promises(nats_server: Nats
     assert (stream.max_msgs, stream.max_bytes, stream.max_msgs_per_subject) == (-1, -1, -1)
     assert (sent.ttl, sent_stream.max_msgs_per_subject) == (8 * day, 1)
     assert (state.ttl, state_stream.max_msgs_per_subject) == (0, 1)
+    assert replies.ttl == 7 * day
     assert (dlq.retention, dlq.storage, dlq.discard) == (RetentionPolicy.LIMITS, StorageType.FILE, DiscardPolicy.OLD)
     assert dlq.max_age == 30 * day
     assert (dlq.max_msgs, dlq.max_bytes, dlq.max_msgs_per_subject) == (-1, -1, -1)
@@ -198,7 +203,7 @@ async def test_sent_bucket_with_the_old_ttl_is_updated_in_place(nats_server: Nat
     assert after.deny_delete is True
     assert after.subjects == before.subjects
     assert second[3] == topology.Action("kv", subjects.SENT_BUCKET, "unchanged")
-    assert [a.outcome for a in second] == ["unchanged"] * 5
+    assert [a.outcome for a in second] == ["unchanged"] * 6
 
 
 async def test_kv_history_drift_is_put_back(nats_server: NatsServer) -> None:
@@ -231,10 +236,10 @@ async def test_concurrent_bootstraps_agree(nats_server: NatsServer) -> None:
         for nc in connections:
             await nc.close()
 
-    assert all(len(actions) == 5 for actions in fresh)
+    assert all(len(actions) == 6 for actions in fresh)
     assert all(actions[3].outcome in {"updated", "unchanged"} for actions in repaired)
     assert any(actions[3].outcome == "updated" for actions in repaired)
-    assert [a.outcome for a in after] == ["unchanged"] * 5
+    assert [a.outcome for a in after] == ["unchanged"] * 6
 
 
 async def test_drifted_config_is_updated_in_place(nats_server: NatsServer) -> None:
