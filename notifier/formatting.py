@@ -77,9 +77,9 @@ def change_time(change: Change, payload: dict[str, Any], stored_at: float | None
     if isinstance(stamp, str):
         try:
             moment = datetime.fromisoformat(stamp)
-        except ValueError:
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError, OSError):  # not a time, or one out of range ("0001-01-01...+14:00")
             return stored_at
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
     return stored_at
 
 
@@ -100,8 +100,11 @@ def _span(seconds: float) -> str:
 
 def late_note(changed_at: float, now: float) -> str:
     """E.g. "⏰ 3 h 2 min late: changed 2026-11-28 23:15:54 UTC"."""
-    when = datetime.fromtimestamp(changed_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{LATE_MARK} {_span(now - changed_at)} late: changed {when} UTC"
+    try:
+        when = datetime.fromtimestamp(changed_at, UTC).strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+    except (ValueError, OverflowError, OSError):
+        when = "at an unreadable time"
+    return f"{LATE_MARK} {_span(now - changed_at)} late: changed {when}"
 
 
 def _notes(event: Event, late_after: float, now: float | None) -> list[str]:

@@ -129,9 +129,9 @@ def url_secrets(url: str) -> list[str]:
         with contextlib.suppress(ValueError):
             userinfo, at, _ = urlsplit(part.strip()).netloc.rpartition("@")
             user, colon, password = userinfo.partition(":")
-            secret = unquote(password if colon else user) if at else ""
-            if secret:
-                found.append(secret)
+            raw = (password if colon else user) if at else ""
+            # as written too: a library quoting the URL (aiohttp's proxy errors do) shows it percent-encoded
+            found += [secret for secret in dict.fromkeys((unquote(raw), raw)) if secret]
     return found
 
 

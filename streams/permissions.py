@@ -63,6 +63,8 @@ def _kv(bucket: str) -> tuple[str, ...]:
         f"{JS_API}.CONSUMER.CREATE.{stream}.>",
         f"{JS_API}.CONSUMER.DELETE.{stream}.>",
         f"{JS_API}.CONSUMER.INFO.{stream}.>",
+        # a watch is an ordered consumer with flow control: refused, its deliveries stop after one window
+        f"$JS.FC.{stream}.>",
     )
 
 

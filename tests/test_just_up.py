@@ -269,6 +269,16 @@ def test_just_up_runs_the_system_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert (up.workdir / "var" / "todos.sqlite3").exists()
         assert (up.workdir / "var" / "nats").is_dir()
+        # the page a person opens first
+        with urllib.request.urlopen(f"{up.url('WEB_PORT')}/", timeout=5) as page:
+            assert page.status == 200
+            assert page.headers.get_content_type() == "text/html"
+            assert b"<html" in page.read().lower()
+        # NATS runs with the system's users: passwords made once, readable by their owner only
+        passwords = up.workdir / "var" / "nats-passwords.json"
+        assert set(json.loads(passwords.read_text())) == {"web", "notifier", "streams"}
+        assert passwords.stat().st_mode & 0o077 == 0
+        assert (up.workdir / "var" / "nats-auth.conf").stat().st_mode & 0o077 == 0
         processes = _the_system(up)
     finally:
         code = up.ctrl_c()

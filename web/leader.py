@@ -79,7 +79,12 @@ class Leadership:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(**self._connect)
         conn = self._conn
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
+        try:
+            locked = await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY, timeout=CONNECT_TIMEOUT)
+        except BaseException:
+            await self.close()  # a session that does not answer (half-open after a failover): a new one next time
+            raise
+        if not locked:
             return False
         try:
             await conn.add_listener(CHANNEL, self._notified)

@@ -44,6 +44,8 @@ BACKLOG_QUERY = "SELECT min(id) AS low, max(id) AS high FROM outbox"
 LINGER = 0.002
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 SHUTDOWN_FLUSH = 5.0
+# a leader cut off from NATS this long hands the relay to a replica that can reach it
+RELEASE_AFTER = 5.0
 # transaction-level advisory lock: one replica relays at a time ("outbox" in ASCII)
 RELAY_LOCK_KEY = 0x6F7574626F78
 
@@ -61,6 +63,7 @@ class Relay:
         self.stopped = asyncio.Event()
         self._busy = False
         self._sampled_at = -SAMPLE_INTERVAL
+        self._nats_lost_at: float | None = None  # since when NATS is unreachable
 
     @property
     def publisher(self) -> Publisher:
@@ -84,8 +87,10 @@ class Relay:
                 # NATS is away (logged by streams.connection, shown by /readyz and /metrics); the reconnect wakes us
                 if self.stopped.is_set():
                     return
+                await self._let_go_if_cut_off()
                 await self._sample_backlog()
                 continue
+            self._nats_lost_at = None
             try:
                 if not await self._leads():
                     # another replica relays, this one's commits included (they notify it)
@@ -106,9 +111,24 @@ class Relay:
             if self.stopped.is_set() and not self.wakeup.is_set():
                 return  # stopped, and nothing was committed since the last flush began
 
+    async def _let_go_if_cut_off(self) -> None:
+        """A leader that has not reached NATS for RELEASE_AFTER seconds gives the lock up, so a replica that
+        can reach NATS relays (this one stays ready: it serves, and its commits wake whoever leads)."""
+        now = time.monotonic()
+        if self._nats_lost_at is None:
+            self._nats_lost_at = now
+        if self.leadership is not None and self.leadership.leading and now - self._nats_lost_at >= RELEASE_AFTER:
+            log.warning("relay.leadership_released", reason="NATS unreachable from this replica", after=RELEASE_AFTER)
+            await self.leadership.close()
+            self.metrics.relay_leader.set(0)
+
     async def _leads(self) -> bool:
         """Whether this replica relays now (a candidate asks at most once per claim interval, and once at stop)."""
-        leads = True if self.leadership is None else await self.leadership.claim(now=self.stopped.is_set())
+        try:
+            leads = True if self.leadership is None else await self.leadership.claim(now=self.stopped.is_set())
+        except BaseException:
+            self.metrics.relay_leader.set(0)
+            raise
         self.metrics.relay_leader.set(int(leads))
         return leads
 

@@ -220,3 +220,17 @@ def test_the_late_line_is_escaped_and_counts_towards_the_limit():
     assert text.count("⏰ 2 h 46 min late") == count
     assert telegram_length(text) <= MAX_LENGTH
     parse_html(text)
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "yesterday", "2026-13-40"])
+def test_an_updated_at_at_the_edge_of_time_or_no_time_at_all_never_stops_the_replica(stamp):
+    """A time at the edge of what Python can represent must not raise (it would crash-loop every replica on
+    that event); one that is no time at all is replaced by when the stream stored it."""
+    todo = {**make_todo(), "updatedAt": stamp}
+    stored = 1_800_000_000.0
+    event = Event.from_message("todos.updated", json.dumps(todo).encode(), stored_at=stored)
+    if not stamp[0].isdigit() or "-13-" in stamp:
+        assert event.changed_at == stored
+    text = render_event(event, late_after=300, now=stored + 3600)
+    assert parse_message(text) == [todo]
+    parse_html(text)

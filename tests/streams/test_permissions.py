@@ -242,3 +242,36 @@ async def test_each_identity_may_do_its_job_and_nothing_else(nats_server: NatsSe
 
 def test_every_identity_has_a_row_of_the_table() -> None:
     assert tuple(identity.user for identity in IDENTITIES) == USERS
+
+
+@pytest.mark.timeout(60)
+async def test_a_notifier_watch_of_its_bucket_runs_past_a_flow_control_window(nats_server: NatsServer) -> None:
+    """`kv.watch` (how a replica follows the shared pauses) is an ordered consumer with flow control: the
+    `notifier` user must answer `$JS.FC...`, or the watch stops after about 2 MB of updates, for good."""
+    harness = await nats.connect(nats_server.url)
+    notifier = await nats.connect(as_identity(nats_server.url, NOTIFIER), inbox_prefix=inbox_prefix(NOTIFIER))
+    try:
+        await topology.bootstrap(harness.jetstream())
+        writes, value = 3000, b"x" * 1024  # 3 MB, past the server's flow-control window
+        watcher = await (await notifier.jetstream().key_value(subjects.STATE_BUCKET)).watch("chat.*.pace")
+        seen = 0
+
+        async def watch() -> None:
+            nonlocal seen
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    seen += 1
+                    if seen == writes:
+                        return
+
+        reader = asyncio.ensure_future(watch())
+        kv = await harness.jetstream().key_value(subjects.STATE_BUCKET)
+        for n in range(writes):
+            await kv.put(f"chat.{n % 7}.pace", value)
+        async with asyncio.timeout(30):
+            await reader
+        assert seen == writes
+        await watcher.stop()
+    finally:
+        await notifier.close()
+        await harness.close()

@@ -8,10 +8,13 @@ import asyncio
 import uuid
 
 import asyncpg
+import pytest
 
 from tests.web.conftest import ClientFactory
 from tests.web.helpers import wait_for
+from web import relay
 from web.leader import CHANNEL, Leadership
+from web.metrics import Metrics
 
 
 async def _insert_outbox_rows(database_url: str, count: int) -> None:
@@ -100,3 +103,37 @@ async def test_the_trigger_notifies_on_postgres_only_once_per_insert_statement(
         assert heard == [CHANNEL]
     finally:
         await listener.close()
+
+
+class _CutOff:
+    """A broker whose NATS connection is down."""
+
+    nc = None
+    is_connected = False
+
+
+async def test_a_leader_cut_off_from_nats_lets_another_replica_relay(
+    database_url: str, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader's NATS link is gone (a partition, rejected credentials) while its database session lives:
+    after RELEASE_AFTER it gives the lock up, and a replica that reaches NATS takes it. It stays ready
+    (it still serves), so Kubernetes would never have replaced it."""
+    await make_client(database_url)
+    monkeypatch.setattr(relay, "RELEASE_AFTER", 0.2)
+    monkeypatch.setattr(relay, "SWEEP_INTERVAL", 0.05)
+    wakeup = asyncio.Event()
+    cut_off = Leadership(database_url, wakeup, claim_interval=0)
+    other = Leadership(database_url, asyncio.Event(), claim_interval=0)
+    assert await cut_off.claim()
+    assert not await other.claim()
+    metrics = Metrics()
+    stuck = relay.Relay(_CutOff(), metrics, wakeup, cut_off)  # type: ignore[arg-type]
+    task = asyncio.create_task(stuck.run())
+    try:
+        await wait_for(lambda: asyncio.sleep(0, result=not cut_off.leading), timeout=10)
+        assert await wait_for(other.claim, timeout=10)
+    finally:
+        stuck.stop()
+        await asyncio.wait_for(task, timeout=10)
+        await cut_off.close()
+        await other.close()
