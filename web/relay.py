@@ -87,7 +87,8 @@ class Relay:
                 # NATS is away (logged by streams.connection, shown by /readyz and /metrics); the reconnect wakes us
                 if self.stopped.is_set():
                     return
-                await self._let_go_if_cut_off()
+                with contextlib.suppress(Exception):  # outside the try below: nothing here may end the relay
+                    await self._let_go_if_cut_off()
                 await self._sample_backlog()
                 continue
             self._nats_lost_at = None
