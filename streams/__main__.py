@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from streams import subjects, topology
 from streams.connection import connect, redact_url
@@ -198,6 +198,19 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
+async def _bootstrap(js: JetStreamContext, replicas: int, wait: float) -> list[Any]:
+    """topology.bootstrap, tried again for up to `wait` seconds while JetStream does not answer yet: a
+    cluster that has just formed may still be electing its meta leader, or placing its first R3 stream."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            return list(await topology.bootstrap(js, replicas))
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError):
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def _connect(settings: Settings, wait: float) -> Any:
     """Connect, retrying for up to `wait` seconds (NATS may still be starting, as in `just up`)."""
     deadline = asyncio.get_running_loop().time() + wait
@@ -224,7 +237,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         js = nc.jetstream()
         if args.command == "bootstrap":
-            for action in await topology.bootstrap(js, settings.nats_stream_replicas):
+            for action in await _bootstrap(js, settings.nats_stream_replicas, getattr(args, "wait", 0.0)):
                 print(action)
         elif args.command == "status":
             state = await _status(js)

@@ -441,7 +441,7 @@ def test_just_up_cluster_runs_r3_with_two_apis_and_three_notifiers_and_ctrl_c_st
             os.killpg(up.process.pid, signal.SIGINT)
         up.wait()
     try:
-        assert not pending, up.output()[-3000:]
+        assert not pending, up.output()[-20000:]
         tree = up.processes()
         assert sum("-m notifier" in " ".join(p.cmdline()) for p in tree) == 3
         request = urllib.request.Request(
