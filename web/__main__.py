@@ -94,7 +94,7 @@ def _stop_on_database_error(exc: BaseException, url: str) -> None:
     """SystemExit with one line (passwords hidden) when `exc` says the database cannot be used as configured."""
     if isinstance(exc, db.SchemaBehindError):
         raise SystemExit(redact(f"web: {exc}")) from None
-    refused = _postgres_error(exc)
+    refused = db.caused_by(exc, asyncpg.PostgresError)
     if refused is not None and not isinstance(refused, db.OUTAGE_ERRORS):
         # a database that does not exist, a password it does not take, a role it does not know
         raise SystemExit(redact(f"web: the database at {shown_url(url)} refused: {refused}")) from None
@@ -102,15 +102,6 @@ def _stop_on_database_error(exc: BaseException, url: str) -> None:
         raise SystemExit(
             redact(f"web: the database at {shown_url(url)} is not reachable: {exc or type(exc).__name__}")
         ) from None
-
-
-def _postgres_error(exc: BaseException) -> asyncpg.PostgresError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, asyncpg.PostgresError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
@@ -22,6 +22,7 @@ from web.keys import SETTINGS
 from web.migrate import apply_migrations
 
 log = structlog.get_logger(__name__)
+E = TypeVar("E", bound=BaseException)
 
 APP_LABEL = "web"
 MIGRATIONS_MODULE = "web.migrations"
@@ -117,7 +118,8 @@ async def _apply(database_url: str, sqlite_path: Path | None, *, variable: str) 
     try:
         return await apply_migrations(tortoise_config(database_url)["apps"], sqlite_path)
     except Exception as exc:
-        denied = _denial(exc)
+        # "permission denied" / "must be owner" (SQLSTATE 42501)
+        denied = caused_by(exc, asyncpg.InsufficientPrivilegeError)
         if denied is None:
             raise
         role = urlsplit(database_url).username or "the default user"
@@ -135,11 +137,11 @@ async def _apply(database_url: str, sqlite_path: Path | None, *, variable: str) 
         raise SchemaBehindError(message) from exc
 
 
-def _denial(exc: BaseException) -> asyncpg.InsufficientPrivilegeError | None:
-    """The "permission denied" / "must be owner" error (SQLSTATE 42501) behind `exc`, if that is what it is."""
+def caused_by(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of `kind` in `exc`'s chain of causes (`exc` itself included), if any."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, asyncpg.InsufficientPrivilegeError):
+        if isinstance(seen, kind):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
